@@ -1,0 +1,44 @@
+"""Helpers shared by the CLI commands."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import NoReturn
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+from affluent.config import Settings, load_settings
+from affluent.core.errors import AffluentError
+from affluent.core.log import Log, open_log
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
+        force=True,
+    )
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+def open_configured_log(s: Settings | None = None) -> Log:
+    s = s or settings()
+    if s.log.url.startswith("sqlite://"):
+        return open_log(s.log.url, synchronous=s.log.synchronous)
+    return open_log(s.log.url)
+
+
+def fail(exc: AffluentError | str, code: int = 1) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {exc}")
+    sys.exit(code)

@@ -1,0 +1,153 @@
+"""The `affluent` command."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+from rich.live import Live
+from rich.table import Table as RichTable
+
+from affluent.apps import available_apps
+from affluent.cli import topics
+from affluent.cli.common import console, fail, open_configured_log, settings, setup_logging
+from affluent.core.errors import AffluentError
+from affluent.core.pipeline import Pipeline
+from affluent.core.runtime import Runtime
+
+app = typer.Typer(
+    name="affluent",
+    help="Live open data: public feeds turned into live maps, charts, alerts and answers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(topics.app, name="topics")
+run_app = typer.Typer(help="Run one app's pipelines (sources included) until Ctrl+C.", no_args_is_help=True)
+analyze_app = typer.Typer(help="Answer an app's batch questions over the lake.", no_args_is_help=True)
+lake_app = typer.Typer(help="Look after the Parquet lake.", no_args_is_help=True)
+app.add_typer(run_app, name="run")
+app.add_typer(analyze_app, name="analyze")
+app.add_typer(lake_app, name="lake")
+
+
+@app.callback()
+def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    setup_logging(verbose)
+
+
+def _status_table(rt: Runtime, started: float) -> RichTable:
+    table = RichTable(title=f"affluent up: {time.monotonic() - started:.0f} s, log {rt.log.url}", title_justify="left")
+    for col in ("kind", "name", "status", "records", "mode", "last error"):
+        table.add_column(col)
+    for s in rt.status():
+        mode = "" if s["kind"] != "source" else ("offline replay/simulator" if s.get("offline") else "live")
+        table.add_row(s["kind"], s["name"], s["status"], f"{s['records']:,}", mode, (s.get("error") or "")[:60])
+    return table
+
+
+def run_pipelines(pipelines: list[Pipeline], *, duration_s: float | None = None, quiet: bool = False) -> None:
+    """Run pipelines in this process, with a live status table, until Ctrl+C or `duration_s`."""
+    try:
+        rt = Runtime(open_configured_log())
+    except AffluentError as exc:
+        fail(exc)
+    for p in pipelines:
+        rt.add(p)
+    rt.start()
+    started = time.monotonic()
+    try:
+        if quiet:
+            while rt.alive() and (duration_s is None or time.monotonic() - started < duration_s):
+                time.sleep(0.2)
+        else:
+            with Live(_status_table(rt, started), console=console, refresh_per_second=2) as live:
+                while rt.alive() and (duration_s is None or time.monotonic() - started < duration_s):
+                    time.sleep(0.5)
+                    live.update(_status_table(rt, started))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rt.stop()
+    for exc in rt.errors:
+        console.print(f"[red]stopped with an error:[/] {exc}")
+    if rt.errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def up(
+    offline: Annotated[bool, typer.Option("--offline", help="Use recorded replays and simulators only.")] = False,
+    duration_s: Annotated[float | None, typer.Option("--duration", help="Stop after this many seconds.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live status table.")] = False,
+) -> None:
+    """Run every app, embedded, with zero servers; offline it replays recordings and runs simulators."""
+    s = settings()
+    offline = offline or s.offline
+    pipelines: list[Pipeline] = []
+    for name, mod in available_apps().items():
+        try:
+            made = mod.pipelines(s, offline=offline)
+        except AffluentError as exc:
+            console.print(f"[yellow]app {name} not started:[/] {exc}")
+            continue
+        pipelines.extend(made)
+        for p in made:
+            for b in p.sources:
+                mode = "offline (recorded replay or simulator)" if b.source.offline else "live"
+                console.print(f"app [bold]{name}[/]: source {b.source.describe()} -> {b.topic} [{mode}]", highlight=False)
+    if not pipelines:
+        fail("no app could be started")
+    run_pipelines(pipelines, duration_s=duration_s, quiet=quiet)
+
+
+@app.command()
+def apps() -> None:
+    """List the apps this installation provides."""
+    for name, mod in available_apps().items():
+        doc = (mod.__doc__ or "").strip().splitlines()
+        console.print(f"[bold]{name}[/]  {doc[0] if doc else ''}")
+
+
+@app.command()
+def version() -> None:
+    """Print affluent's version."""
+    from importlib.metadata import version as v
+
+    console.print(v("affluent"))
+
+
+@lake_app.command("compact")
+def lake_compact(
+    dataset: Annotated[str | None, typer.Argument(help="Dataset folder under the lake (default: all).")] = None,
+) -> None:
+    """Merge the small Parquet files of each partition into one, atomically."""
+    from affluent.config import lake_path
+    from affluent.sinks.lake import compact_lake
+
+    try:
+        stats = compact_lake(lake_path(settings()), dataset)
+    except AffluentError as exc:
+        fail(exc)
+    console.print(stats)
+
+
+def _mount_apps() -> None:
+    for name, mod in available_apps().items():
+        run_cmd = getattr(mod, "run_command", None)
+        if run_cmd is not None:
+            run_app.command(name, help=run_cmd.__doc__)(run_cmd)
+        analyze_cmd = getattr(mod, "analyze_command", None)
+        if analyze_cmd is not None:
+            analyze_app.command(name, help=analyze_cmd.__doc__)(analyze_cmd)
+        extra = getattr(mod, "commands", None)
+        if extra is not None:
+            app.add_typer(extra, name=name)
+
+
+def main() -> None:
+    _mount_apps()
+    app()
+
+
+__all__ = ["app", "main", "open_configured_log", "run_pipelines"]

@@ -1,0 +1,250 @@
+"""The durable log: topics of partitioned, keyed, timestamped records, read by offset.
+
+Two backends implement `Log`: the embedded SQLite log (`sqlite:///path`) and Kafka
+(`kafka://host:9092`). Pipelines see only this interface. The one seam that matters for
+exactly-once is `commit_checkpoint`: the embedded backend commits a pipeline's outputs, its state
+changes and its input offsets in one transaction.
+"""
+
+from __future__ import annotations
+
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from affluent.core.errors import ConfigError
+from affluent.core.records import Headers, Record, RecordBatch
+
+DAY_MS = 86_400_000
+VALUE_FORMATS = ("json", "text", "bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class TopicConfig:
+    """How a topic is laid out and how long it keeps data.
+
+    `retention_ms` and `retention_bytes` (per partition) drop whole old batches; None keeps all.
+    `value_format` is "json" (values are JSON documents), "text" or "bytes".
+    """
+
+    partitions: int = 1
+    retention_ms: int | None = 7 * DAY_MS
+    retention_bytes: int | None = None
+    value_format: str = "json"
+
+    def __post_init__(self) -> None:
+        if self.partitions < 1:
+            raise ConfigError(f"a topic needs at least one partition, not {self.partitions}")
+        if self.value_format not in VALUE_FORMATS:
+            raise ConfigError(f"value_format must be one of {VALUE_FORMATS}, not {self.value_format!r}")
+        if self.retention_ms is not None and self.retention_ms <= 0:
+            raise ConfigError("retention_ms must be positive, or None to keep everything")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "partitions": self.partitions,
+            "retention_ms": self.retention_ms,
+            "retention_bytes": self.retention_bytes,
+            "value_format": self.value_format,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TopicConfig:
+        return cls(**{k: d[k] for k in ("partitions", "retention_ms", "retention_bytes", "value_format") if k in d})
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionInfo:
+    partition: int
+    start_offset: int  # first offset still stored
+    end_offset: int  # next offset to be written
+    size_bytes: int
+    first_timestamp_ms: int | None = None
+    last_timestamp_ms: int | None = None
+
+    @property
+    def records(self) -> int:
+        return self.end_offset - self.start_offset
+
+
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    name: str
+    config: TopicConfig
+    partitions: tuple[PartitionInfo, ...] = ()
+
+    @property
+    def records(self) -> int:
+        return sum(p.records for p in self.partitions)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(p.size_bytes for p in self.partitions)
+
+
+@dataclass(slots=True)
+class OutgoingBatch:
+    """Records to append to one topic, in columns; values not yet serialised."""
+
+    keys: list[str | None] = field(default_factory=list)
+    values: list[Any] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
+    headers: list[Headers | None] | None = None
+    # Values already serialised (bytes), appended as they are: faster, validated on read.
+    raw: bool = False
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def extend(self, keys: Sequence[str | None], values: Sequence[Any], timestamps: Sequence[int]) -> None:
+        self.keys.extend(keys)
+        self.values.extend(values)
+        self.timestamps.extend(timestamps)
+        if self.headers is not None:
+            self.headers.extend([None] * len(values))
+
+    @classmethod
+    def of(cls, records: Sequence[Record]) -> OutgoingBatch:
+        hs = [r.headers for r in records]
+        return cls(
+            [r.key for r in records],
+            [r.value for r in records],
+            [r.timestamp_ms for r in records],
+            hs if any(hs) else None,
+        )
+
+
+@dataclass(slots=True)
+class StateChange:
+    store: str
+    partition: int
+    key: bytes
+    value: bytes | None  # None deletes
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    """Everything a pipeline task commits at once.
+
+    appends: outputs per topic; offsets: the next offset to read per (topic, partition) for `group`;
+    state: keyed state changes; owner: the lease that must still be held for the commit to apply.
+    """
+
+    group: str = ""
+    owner: str | None = None
+    appends: dict[str, OutgoingBatch] = field(default_factory=dict)
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    state: list[StateChange] = field(default_factory=list)
+
+    def output(self, topic: str) -> OutgoingBatch:
+        out = self.appends.get(topic)
+        if out is None:
+            out = self.appends[topic] = OutgoingBatch()
+        return out
+
+    def is_empty(self) -> bool:
+        return not (any(len(b) for b in self.appends.values()) or self.offsets or self.state)
+
+
+def partition_for(key: str | None, partitions: int, fallback: int = 0) -> int:
+    """Stable key → partition; records without a key go to `fallback`."""
+    if partitions == 1:
+        return 0
+    if key is None:
+        return fallback % partitions
+    return zlib.crc32(key.encode()) % partitions
+
+
+class Log(ABC):
+    """A set of topics. Thread-safe; one instance may be shared by a process's threads."""
+
+    url: str
+
+    # -- topics ------------------------------------------------------------------------------
+    @abstractmethod
+    def create_topic(self, name: str, config: TopicConfig | None = None, *, exist_ok: bool = True) -> TopicInfo: ...
+
+    @abstractmethod
+    def delete_topic(self, name: str) -> None: ...
+
+    @abstractmethod
+    def list_topics(self) -> list[TopicInfo]: ...
+
+    @abstractmethod
+    def describe_topic(self, name: str) -> TopicInfo: ...
+
+    def topic_exists(self, name: str) -> bool:
+        return any(t.name == name for t in self.list_topics())
+
+    # -- data ----------------------------------------------------------------------------------
+    @abstractmethod
+    def append(self, topic: str, batch: OutgoingBatch | Sequence[Record], *, partition: int | None = None) -> dict[int, tuple[int, int]]:
+        """Append records; returns {partition: (first_offset, count)}. Keys choose partitions."""
+
+    @abstractmethod
+    def read(self, topic: str, partition: int, offset: int, *, max_records: int = 10_000) -> list[RecordBatch]:
+        """Batches from `offset` on, at most about `max_records` records; [] at the end of the log."""
+
+    def iter_records(self, topic: str, partition: int, offset: int = 0, *, max_records: int | None = None) -> Iterator[Record]:
+        seen = 0
+        while True:
+            batches = self.read(topic, partition, offset)
+            if not batches:
+                return
+            for b in batches:
+                for r in b.records():
+                    yield r
+                    seen += 1
+                    if max_records is not None and seen >= max_records:
+                        return
+                offset = b.next_offset
+
+    # -- consumer groups and checkpoints --------------------------------------------------------
+    @abstractmethod
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        """Committed next-offsets of `group` for `topic`, by partition (absent = never committed)."""
+
+    @abstractmethod
+    def commit_checkpoint(self, checkpoint: Checkpoint) -> dict[str, dict[int, tuple[int, int]]]:
+        """Apply appends, state changes and offsets together. Embedded: atomically."""
+
+    def commit(self, group: str, offsets: Mapping[tuple[str, int], int]) -> None:
+        self.commit_checkpoint(Checkpoint(group=group, offsets=dict(offsets)))
+
+    @abstractmethod
+    def load_state(self, store: str, partition: int) -> dict[bytes, bytes]: ...
+
+    # -- ownership -------------------------------------------------------------------------------
+    @abstractmethod
+    def acquire_lease(self, name: str, owner: str, *, takeover_after_s: float = 10.0) -> None:
+        """Claim exclusive ownership of `name` (a pipeline), or raise PipelineAlreadyRunningError."""
+
+    @abstractmethod
+    def release_lease(self, name: str, owner: str) -> None: ...
+
+    # -- housekeeping -------------------------------------------------------------------------------
+    @abstractmethod
+    def enforce_retention(self, now_ms: int | None = None) -> int:
+        """Drop batches past their topic's retention; returns how many records were dropped."""
+
+    def close(self) -> None:
+        return None
+
+    def __enter__(self) -> Log:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_log(url: str, **options: Any) -> Log:
+    """Open a log by URL: `sqlite:///path/to/file.db` or `kafka://host:9092`."""
+    if url.startswith("sqlite://"):
+        from affluent.core.sqlite_log import SQLiteLog
+
+        return SQLiteLog.from_url(url, **options)
+    if url.startswith("kafka://"):
+        raise ConfigError("the Kafka log backend is not available in this version of affluent")
+    raise ConfigError(f"unknown log URL {url!r}: use sqlite:///path or kafka://host:port")

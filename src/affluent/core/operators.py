@@ -1,0 +1,354 @@
+"""Operators: the steps of a pipeline, each working on a whole batch at once.
+
+A batch flows down a tree of operators as four parallel lists (keys, values, event times, source
+offsets). Stateless operators turn lists into lists with one C-level pass where they can; a user
+function that raises on one record sends that record to the dead-letter topic and the rest of the
+batch goes on. Stateful operators (windows, dedupe) keep their state per input partition and hand
+their changes to the checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from itertools import compress
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from affluent.core.errors import PipelineError
+from affluent.core.log import StateChange
+
+if TYPE_CHECKING:
+    from affluent.core.runtime import TaskContext
+
+Fn = Callable[[Any], Any]
+
+
+@dataclass(slots=True)
+class Batch:
+    keys: list[Any]
+    values: list[Any]
+    timestamps: list[int]
+    offsets: list[int]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def select(self, mask: Sequence[Any]) -> Batch:
+        return Batch(
+            list(compress(self.keys, mask)),
+            list(compress(self.values, mask)),
+            list(compress(self.timestamps, mask)),
+            list(compress(self.offsets, mask)),
+        )
+
+    def take(self, idx: Sequence[int]) -> Batch:
+        return Batch(
+            [self.keys[i] for i in idx],
+            [self.values[i] for i in idx],
+            [self.timestamps[i] for i in idx],
+            [self.offsets[i] for i in idx],
+        )
+
+
+class Node:
+    """One step. `process` takes a batch and passes what it makes to `emit`."""
+
+    kind = "step"
+    stateful = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.children: list[Node] = []
+        self.store = name  # set to "<pipeline>.<name>" when the pipeline is built
+
+    def process(self, batch: Batch, ctx: TaskContext) -> None:
+        raise NotImplementedError
+
+    def emit(self, batch: Batch, ctx: TaskContext) -> None:
+        if batch.values:
+            for child in self.children:
+                child.process(batch, ctx)
+
+    # stateful operators override these
+    def open_partition(self, partition: int, state: dict[bytes, bytes], now_wall_ms: int) -> None:
+        return None
+
+    def state_changes(self) -> list[StateChange]:
+        return []
+
+    def tick(self, ctx: TaskContext, now_wall_ms: int) -> None:
+        return None
+
+    def walk(self) -> Iterable[Node]:
+        yield self
+        for c in self.children:
+            yield from c.walk()
+
+
+def apply_each(fn: Fn, batch: Batch, ctx: TaskContext, step: str) -> tuple[list[Any], list[bool] | None]:
+    """fn over every value; on any error, again one by one, dead-lettering the failures.
+
+    Returns the results and a keep-mask (None when every record succeeded).
+    """
+    try:
+        return list(map(fn, batch.values)), None
+    except Exception:
+        pass
+    out: list[Any] = []
+    keep: list[bool] = []
+    for i, v in enumerate(batch.values):
+        try:
+            out.append(fn(v))
+            keep.append(True)
+        except Exception as exc:
+            ctx.dead_letter(step, v, batch.offsets[i], exc, timestamp_ms=batch.timestamps[i])
+            out.append(None)
+            keep.append(False)
+    return out, keep
+
+
+class Map(Node):
+    kind = "map"
+
+    def __init__(self, name: str, fn: Fn) -> None:
+        super().__init__(name)
+        self.fn = fn
+
+    def process(self, batch: Batch, ctx: TaskContext) -> None:
+        out, keep = apply_each(self.fn, batch, ctx, self.name)
+        b = Batch(batch.keys, out, batch.timestamps, batch.offsets)
+        self.emit(b if keep is None else b.select(keep), ctx)
+
+
+class BatchMap(Node):
+    """A user function over the whole list of values (vectorised code: pyarrow, numpy)."""
+
+    kind = "batch_map"
+
+    def __init__(self, name: str, fn: Callable[[list[Any]], list[Any]]) -> None:
+        super().__init__(name)
+        self.fn = fn
+
+    def process(self, batch: Batch, ctx: TaskContext) -> None:
+        try:
+            out = list(self.fn(batch.values))
+            if len(out) != len(batch):
+                raise PipelineError(f"batch_map {self.name!r} returned {len(out)} values for {len(batch)}")
+        except PipelineError:
+            raise
+        except Exception:
+            keep = []
+            out = []
+            for i, v in enumerate(batch.values):
+                try:
+                    out.append(self.fn([v])[0])
+                    keep.append(True)
+                except Exception as exc:
+                    ctx.dead_letter(self.name, v, batch.offsets[i], exc, timestamp_ms=batch.timestamps[i])
+                    out.append(None)
+                    keep.append(False)
+            self.emit(Batch(batch.keys, out, batch.timestamps, batch.offsets).select(keep), ctx)
+            return
+        self.emit(Batch(batch.keys, out, batch.timestamps, batch.offsets), ctx)
+
+
+class Filter(Node):
+    kind = "filter"
+
+    def __init__(self, name: str, fn: Fn) -> None:
+        super().__init__(name)
+        self.fn = fn
+
+    def process(self, batch: Batch, ctx: TaskContext) -> None:
+        mask, keep = apply_each(self.fn, batch, ctx, self.name)
+        if keep is not None:
+            mask = [m and k for m, k in zip(mask, keep, strict=True)]
+        self.emit(batch.select(mask), ctx)
+
+
+class FlatMap(Node):
+    kind = "flat_map"
+
+    def __init__(self, name: str, fn: Callable[[Any], Iterable[Any]]) -> None:
+        super().__init__(name)
+        self.fn = fn
+
+    def process(self, batch: Batch, ctx: TaskContext) -> None:
+        keys: list[Any] = []
+        values: list[Any] = []
+        times: list[int] = []
+        offsets: list[int] = []
+        fn = self.fn
+        for k, v, t, o in zip(batch.keys, batch.values, batch.timestamps, batch.offsets, strict=True):
+            try:
+                items = list(fn(v))
+            except Exception as exc:
+                ctx.dead_letter(self.name, v, o, exc, timestamp_ms=t)
+                continue
+            n = len(items)
+            values.extend(items)
+            keys.extend([k] * n)
+            times.extend([t] * n)
+            offsets.extend([o] * n)
+        self.emit(Batch(keys, values, times, offsets), ctx)
+
+
+class KeyBy(Node):
+    kind = "key_by"
+
+    def __init__(self, name: str, fn: Fn) -> None:
+        super().__init__(name)
+        self.fn = fn
+
+    def process(self, batch: Batch, ctx: TaskContext) -> None:
+        keys, keep = apply_each(self.fn, batch, ctx, self.name)
+        b = Batch(keys, batch.values, batch.timestamps, batch.offsets)
+        self.emit(b if keep is None else b.select(keep), ctx)
+
+
+class WithTimestamp(Node):
+    """Sets each record's event time (UTC epoch ms) from its value."""
+
+    kind = "with_timestamp"
+
+    def __init__(self, name: str, fn: Fn) -> None:
+        super().__init__(name)
+        self.fn = fn
+
+    def process(self, batch: Batch, ctx: TaskContext) -> None:
+        times, keep = apply_each(self.fn, batch, ctx, self.name)
+        if keep is None and not all(type(t) is int for t in times):
+            keep = [type(t) is int for t in times]
+            for i, ok in enumerate(keep):
+                if not ok:
+                    ctx.dead_letter(
+                        self.name, batch.values[i], batch.offsets[i],
+                        TypeError(f"event time must be int epoch ms, got {times[i]!r}"),
+                    )
+        b = Batch(batch.keys, batch.values, times, batch.offsets)
+        self.emit(b if keep is None else b.select(keep), ctx)
+
+
+class Validate(Node):
+    """Dead-letters values that a check rejects: a function that raises, or a pydantic model."""
+
+    kind = "validate"
+
+    def __init__(self, name: str, check: Any) -> None:
+        super().__init__(name)
+        validate = getattr(check, "model_validate", None)
+        if validate is not None:
+            self.fn: Fn = lambda v: validate(v).model_dump(mode="json")
+        else:
+            self.fn = check
+
+    def process(self, batch: Batch, ctx: TaskContext) -> None:
+        out, keep = apply_each(self.fn, batch, ctx, self.name)
+        values = [o if o is not None else v for o, v in zip(out, batch.values, strict=True)]
+        b = Batch(batch.keys, values, batch.timestamps, batch.offsets)
+        self.emit(b if keep is None else b.select(keep), ctx)
+
+
+class Inspect(Node):
+    kind = "inspect"
+
+    def __init__(self, name: str, fn: Callable[[Any, Any, int], None]) -> None:
+        super().__init__(name)
+        self.fn = fn
+
+    def process(self, batch: Batch, ctx: TaskContext) -> None:
+        for k, v, t in zip(batch.keys, batch.values, batch.timestamps, strict=True):
+            self.fn(k, v, t)
+        self.emit(batch, ctx)
+
+
+class Branch(Node):
+    """Routes each record to the first branch whose predicate holds (or to `default`)."""
+
+    kind = "branch"
+
+    def __init__(self, name: str, predicates: dict[str, Fn], default: str | None) -> None:
+        super().__init__(name)
+        self.predicates = list(predicates.items())
+        self.outlets: dict[str, Outlet] = {n: Outlet(f"{name}.{n}") for n in predicates}
+        self.default = default
+        if default is not None:
+            if default in self.outlets:
+                raise PipelineError(f"branch {name!r}: default {default!r} is also a predicate name")
+            self.outlets[default] = Outlet(f"{name}.{default}")
+        self.children = list(self.outlets.values())
+
+    def process(self, batch: Batch, ctx: TaskContext) -> None:
+        routes: dict[str, list[int]] = {n: [] for n in self.outlets}
+        preds = self.predicates
+        for i, v in enumerate(batch.values):
+            try:
+                for n, p in preds:
+                    if p(v):
+                        routes[n].append(i)
+                        break
+                else:
+                    if self.default is not None:
+                        routes[self.default].append(i)
+            except Exception as exc:
+                ctx.dead_letter(self.name, v, batch.offsets[i], exc, timestamp_ms=batch.timestamps[i])
+        for n, idx in routes.items():
+            if idx:
+                self.outlets[n].emit(batch if len(idx) == len(batch) else batch.take(idx), ctx)
+
+
+class Outlet(Node):
+    """A pass-through node that other steps hang from (branches, late records)."""
+
+    kind = "outlet"
+
+    def process(self, batch: Batch, ctx: TaskContext) -> None:
+        self.emit(batch, ctx)
+
+
+class ToTopic(Node):
+    kind = "to_topic"
+
+    def __init__(self, name: str, topic: str) -> None:
+        super().__init__(name)
+        self.topic = topic
+
+    def process(self, batch: Batch, ctx: TaskContext) -> None:
+        keys = [k if k is None or type(k) is str else _key_str(k) for k in batch.keys]
+        ctx.checkpoint.output(self.topic).extend(keys, batch.values, batch.timestamps)
+        ctx.count_out(self.topic, len(batch))
+
+
+def _key_str(k: Any) -> str:
+    return orjson.dumps(k).decode() if isinstance(k, tuple | list | dict) else str(k)
+
+
+class ToSink(Node):
+    kind = "to_sink"
+
+    def __init__(self, name: str, sink: Any) -> None:
+        super().__init__(name)
+        self.sink = sink
+
+    def process(self, batch: Batch, ctx: TaskContext) -> None:
+        from affluent.core.records import Record
+
+        recs = [
+            Record(value=v, key=k if k is None or type(k) is str else _key_str(k), timestamp_ms=t, topic=ctx.topic, partition=ctx.partition, offset=o)
+            for k, v, t, o in zip(batch.keys, batch.values, batch.timestamps, batch.offsets, strict=True)
+        ]
+        try:
+            self.sink.write(recs)
+        except Exception as exc:
+            if getattr(exc, "transient", False):
+                raise
+            for r in recs:
+                try:
+                    self.sink.write([r])
+                except Exception as one:
+                    if getattr(one, "transient", False):
+                        raise
+                    ctx.dead_letter(self.name, r.value, r.offset, one, timestamp_ms=r.timestamp_ms)
+        ctx.count_out(self.name, len(recs))

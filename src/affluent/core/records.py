@@ -1,0 +1,262 @@
+"""Records and the binary layout of a stored record batch.
+
+A batch is columnar: one list each of keys, values, event times and headers. The log stores a
+whole batch as one blob (as Kafka does), and the runtime hands whole batches to operators, so
+that per-record Python work happens only where user logic needs it.
+
+Blob layout (little endian), version 1::
+
+    header   magic "AFB1" | flags u8 | pad 3 | count u32 | crc32 u32 | keys_len u32 | headers_len u32
+    times    count × int64      event time, UTC epoch ms
+    lengths  count × uint32     byte length of each encoded value
+    keys     JSON array of str|null        (absent unless FLAG_KEYS)
+    headers  JSON array of object|null     (absent unless FLAG_HEADERS)
+    values   b"[" v0 b"," v1 ... b"]"      a JSON array when every value is JSON
+
+crc32 covers everything after the header. Values are kept as a JSON array so that a batch of JSON
+values decodes in one `orjson.loads` call; the lengths let a batch with one bad value fall back to
+decoding value by value, so that only that value is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from array import array
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from affluent.core.errors import LogCorruptError
+
+MAGIC = b"AFB1"
+FLAG_KEYS = 1
+FLAG_HEADERS = 2
+_HEADER = struct.Struct("<4sB3xIIII")
+_EMPTY_ARRAY = b"[]"
+
+Headers = dict[str, str]
+
+
+@dataclass(slots=True)
+class Record:
+    """One record: what a source emits and what `tail` shows."""
+
+    value: Any
+    key: str | None = None
+    timestamp_ms: int = 0
+    headers: Headers | None = None
+    topic: str = ""
+    partition: int = 0
+    offset: int = -1
+
+
+@dataclass(slots=True)
+class DecodeFailure:
+    """A stored value that is not valid for the topic's format."""
+
+    index: int
+    raw: bytes
+    error: str
+
+
+@dataclass(slots=True)
+class RecordBatch:
+    """Records of one topic partition with consecutive offsets, in columns."""
+
+    topic: str
+    partition: int
+    base_offset: int
+    keys: list[str | None]
+    values: list[Any]
+    timestamps: list[int]
+    headers: list[Headers | None] | None = None
+    # Values that failed to decode: their slot in `values` holds None.
+    failures: list[DecodeFailure] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.timestamps)
+
+    @property
+    def next_offset(self) -> int:
+        return self.base_offset + len(self.timestamps)
+
+    def records(self) -> list[Record]:
+        hs = self.headers or [None] * len(self)
+        bad = {f.index for f in self.failures}
+        return [
+            Record(
+                value=self.values[i] if i not in bad else None,
+                key=self.keys[i],
+                timestamp_ms=self.timestamps[i],
+                headers=hs[i],
+                topic=self.topic,
+                partition=self.partition,
+                offset=self.base_offset + i,
+            )
+            for i in range(len(self))
+        ]
+
+    def tail_from(self, offset: int) -> RecordBatch:
+        """The part of this batch at and after `offset`."""
+        skip = offset - self.base_offset
+        if skip <= 0:
+            return self
+        return RecordBatch(
+            self.topic,
+            self.partition,
+            offset,
+            self.keys[skip:],
+            self.values[skip:],
+            self.timestamps[skip:],
+            self.headers[skip:] if self.headers is not None else None,
+            [DecodeFailure(f.index - skip, f.raw, f.error) for f in self.failures if f.index >= skip],
+        )
+
+    def head(self, n: int) -> RecordBatch:
+        if n >= len(self):
+            return self
+        return RecordBatch(
+            self.topic,
+            self.partition,
+            self.base_offset,
+            self.keys[:n],
+            self.values[:n],
+            self.timestamps[:n],
+            self.headers[:n] if self.headers is not None else None,
+            [f for f in self.failures if f.index < n],
+        )
+
+
+def encode_values(values: Iterable[Any]) -> list[bytes]:
+    """Serialise Python values as JSON, one bytes object each."""
+    dumps = orjson.dumps
+    return [dumps(v) for v in values]
+
+
+def encode_batch(
+    raw_values: Sequence[bytes],
+    timestamps: Sequence[int],
+    keys: Sequence[str | None] | None = None,
+    headers: Sequence[Headers | None] | None = None,
+) -> bytes:
+    """Pack already-serialised values with their keys, times and headers into one blob."""
+    count = len(raw_values)
+    if len(timestamps) != count:
+        raise ValueError("timestamps and values differ in length")
+    flags = 0
+    keys_blob = b""
+    if keys is not None and any(k is not None for k in keys):
+        flags |= FLAG_KEYS
+        keys_blob = orjson.dumps(list(keys))
+    headers_blob = b""
+    if headers is not None and any(h for h in headers):
+        flags |= FLAG_HEADERS
+        headers_blob = orjson.dumps(list(headers))
+    times = array("q", timestamps)
+    lengths = array("I", map(len, raw_values))
+    body = b"".join(
+        (
+            times.tobytes(),
+            lengths.tobytes(),
+            keys_blob,
+            headers_blob,
+            b"[",
+            b",".join(raw_values),
+            b"]",
+        )
+    )
+    head = _HEADER.pack(MAGIC, flags, count, zlib.crc32(body), len(keys_blob), len(headers_blob))
+    return head + body
+
+
+def batch_count(blob: bytes) -> int:
+    return int(_HEADER.unpack_from(blob)[2])
+
+
+def decode_batch(
+    blob: bytes,
+    *,
+    topic: str,
+    partition: int,
+    base_offset: int,
+    value_format: str = "json",
+    verify: bool = True,
+) -> RecordBatch:
+    """Unpack a blob made by `encode_batch`; JSON values are decoded in one call."""
+    where = f"topic {topic!r} partition {partition} batch at offset {base_offset}"
+    if len(blob) < _HEADER.size:
+        raise LogCorruptError(f"{where}: truncated batch header ({len(blob)} bytes)")
+    magic, flags, count, crc, keys_len, headers_len = _HEADER.unpack_from(blob)
+    if magic != MAGIC:
+        raise LogCorruptError(f"{where}: bad magic {magic!r}")
+    body = memoryview(blob)[_HEADER.size :]
+    if verify and zlib.crc32(body) != crc:
+        raise LogCorruptError(f"{where}: checksum mismatch, the stored batch is damaged")
+    pos = 0
+    times = array("q")
+    times.frombytes(body[pos : pos + 8 * count])
+    pos += 8 * count
+    lengths = array("I")
+    lengths.frombytes(body[pos : pos + 4 * count])
+    pos += 4 * count
+    if len(times) != count or len(lengths) != count:
+        raise LogCorruptError(f"{where}: batch shorter than its {count} records")
+    keys: list[str | None]
+    if flags & FLAG_KEYS:
+        keys = orjson.loads(body[pos : pos + keys_len])
+        pos += keys_len
+    else:
+        keys = [None] * count
+    headers = None
+    if flags & FLAG_HEADERS:
+        headers = orjson.loads(body[pos : pos + headers_len])
+        pos += headers_len
+    values_blob = body[pos:]
+    expected = sum(lengths) + max(count - 1, 0) + 2
+    if len(values_blob) != expected:
+        raise LogCorruptError(f"{where}: values section has {len(values_blob)} bytes, expected {expected}")
+    failures: list[DecodeFailure] = []
+    if value_format == "json":
+        try:
+            values = orjson.loads(values_blob)
+            if len(values) != count:
+                raise ValueError("element count differs")
+        except (orjson.JSONDecodeError, ValueError):
+            values, failures = _decode_each(values_blob, lengths)
+    else:
+        raw = _split(values_blob, lengths)
+        values = [r.decode("utf-8", "replace") for r in raw] if value_format == "text" else raw
+    return RecordBatch(topic, partition, base_offset, keys, values, times.tolist(), headers, failures)
+
+
+def raw_values(blob: bytes) -> list[bytes]:
+    """The stored bytes of each value, undecoded."""
+    _, flags, count, _, keys_len, headers_len = _HEADER.unpack_from(blob)
+    body = memoryview(blob)[_HEADER.size :]
+    lengths = array("I")
+    lengths.frombytes(body[8 * count : 12 * count])
+    return _split(body[12 * count + keys_len + headers_len :], lengths)
+
+
+def _split(values_blob: memoryview | bytes, lengths: array[int]) -> list[bytes]:
+    out = []
+    pos = 1
+    for n in lengths:
+        out.append(bytes(values_blob[pos : pos + n]))
+        pos += n + 1
+    return out
+
+
+def _decode_each(values_blob: memoryview | bytes, lengths: array[int]) -> tuple[list[Any], list[DecodeFailure]]:
+    values: list[Any] = []
+    failures: list[DecodeFailure] = []
+    for i, raw in enumerate(_split(values_blob, lengths)):
+        try:
+            values.append(orjson.loads(raw))
+        except orjson.JSONDecodeError as exc:
+            values.append(None)
+            failures.append(DecodeFailure(i, raw, f"invalid JSON: {exc}"))
+    return values, failures

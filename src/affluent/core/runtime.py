@@ -1,0 +1,465 @@
+"""The runtime: runs pipelines and their sources, batch at a time, with exactly-once checkpoints.
+
+A pipeline task loops: read a batch from each input partition, push it down the operator tree,
+and every `commit_interval_ms` commit one checkpoint holding the outputs, the state changes and
+the next input offsets. On the embedded log that checkpoint is one SQLite transaction, so a crash
+at any point leaves either all of a checkpoint or none of it; on restart the task reloads its
+offsets and state and goes on as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+
+from affluent.core.errors import (
+    AffluentError,
+    FencedError,
+    LogBusyError,
+    LogFullError,
+    TerminalError,
+    TransientError,
+)
+from affluent.core.log import Checkpoint, Log, OutgoingBatch, StateChange, TopicConfig, open_log
+from affluent.core.metrics import METRICS, Metrics
+from affluent.core.operators import Batch
+from affluent.core.pipeline import Pipeline, SourceBinding
+
+log = logging.getLogger("affluent.runtime")
+
+DEFAULT_LOG_URL = "sqlite:///.affluent/affluent.db"
+_POSITION = b"position"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        orjson.dumps(value)
+        return value
+    except TypeError:
+        return repr(value)
+
+
+class TaskContext:
+    """What operators see of the task running them."""
+
+    def __init__(self, pipeline: str, metrics: Metrics, owner: str) -> None:
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.owner = owner
+        self.checkpoint = Checkpoint(group=pipeline, owner=owner)
+        self.topic = ""
+        self.partition = 0
+        self.now_wall_ms = now_ms()
+        self.dead_letters = 0
+
+    @contextlib.contextmanager
+    def at_partition(self, partition: int, topic: str = "") -> Iterator[None]:
+        old = self.partition, self.topic
+        self.partition, self.topic = partition, topic or self.topic
+        try:
+            yield
+        finally:
+            self.partition, self.topic = old
+
+    def dead_letter(self, step: str, value: Any, offset: int, error: BaseException | str, *, timestamp_ms: int | None = None, raw: bytes | None = None) -> None:
+        """Send one bad record to `<pipeline>.dlq` with why and where it came from."""
+        reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        doc = {
+            "pipeline": self.pipeline,
+            "step": step,
+            "error": reason,
+            "error_type": "DecodeError" if isinstance(error, str) else type(error).__name__,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": offset,
+            "value": _jsonable(value) if raw is None else raw.decode("utf-8", "replace"),
+            "failed_at_ms": self.now_wall_ms,
+        }
+        self.checkpoint.output(f"{self.pipeline}.dlq").extend([None], [doc], [timestamp_ms or self.now_wall_ms])
+        self.dead_letters += 1
+        self.metrics.inc("affluent_dead_letters_total", pipeline=self.pipeline, step=step)
+        log.warning("dead letter in %s/%s from %s[%d]@%d: %s", self.pipeline, step, self.topic, self.partition, offset, reason)
+
+    def late_default(self, step: str, batch: Batch) -> None:
+        """Late records of a window whose `.late` stream nobody reads go to `<pipeline>.late`."""
+        out = self.checkpoint.output(f"{self.pipeline}.late")
+        docs = [
+            {"step": step, "topic": self.topic, "partition": self.partition, "offset": o, "timestamp_ms": t, "value": _jsonable(v)}
+            for v, t, o in zip(batch.values, batch.timestamps, batch.offsets, strict=True)
+        ]
+        out.extend([k if k is None or type(k) is str else str(k) for k in batch.keys], docs, batch.timestamps)
+
+    def count_late(self, step: str, n: int) -> None:
+        self.metrics.inc("affluent_late_records_total", n, pipeline=self.pipeline, step=step)
+
+    def count_out(self, target: str, n: int) -> None:
+        self.metrics.inc("affluent_records_out_total", n, pipeline=self.pipeline, target=target)
+
+    def count_dropped(self, step: str, n: int) -> None:
+        self.metrics.inc("affluent_records_dropped_total", n, pipeline=self.pipeline, step=step)
+
+
+class PipelineTask:
+    """Runs one pipeline over all partitions of its input topics, in one thread."""
+
+    def __init__(self, pipeline: Pipeline, log_: Log, *, metrics: Metrics | None = None, owner: str | None = None) -> None:
+        self.pipeline = pipeline
+        self.log = log_
+        self.metrics = metrics or METRICS
+        self.owner = owner or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.ctx = TaskContext(pipeline.name, self.metrics, self.owner)
+        self.positions: dict[tuple[str, int], int] = {}
+        self.table_positions: dict[tuple[str, int], int] = {}
+        self.records_in = 0
+        self.last_commit_wall = 0
+        self.status = "created"
+        self.error: str | None = None
+        self._dirty_offsets: set[tuple[str, int]] = set()
+        self._uncommitted = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    def open(self) -> None:
+        p, lg = self.pipeline, self.log
+        for topic, node in p.inputs.items():
+            if not lg.topic_exists(topic):
+                lg.create_topic(topic, node.config or TopicConfig())
+        for topic, cfg in p.output_topics.items():
+            if not lg.topic_exists(topic):
+                lg.create_topic(topic, cfg or TopicConfig())
+        for topic in (p.dlq_topic, f"{p.name}.late"):
+            if not lg.topic_exists(topic):
+                lg.create_topic(topic, TopicConfig(retention_ms=30 * 86_400_000))
+        lg.acquire_lease(p.name, self.owner)
+        for sink in p.sinks:
+            sink.open()
+        self._load()
+        self.status = "running"
+
+    def _load(self) -> None:
+        """(Re)load offsets and state from the last committed checkpoint."""
+        p, lg = self.pipeline, self.log
+        self.positions.clear()
+        partitions: set[int] = set()
+        for topic in p.inputs:
+            info = lg.describe_topic(topic)
+            committed = lg.committed(p.name, topic)
+            for part in info.partitions:
+                self.positions[(topic, part.partition)] = committed.get(part.partition, part.start_offset)
+                partitions.add(part.partition)
+        now = now_ms()
+        for node in p.stateful_nodes():
+            node.store = f"{p.name}.{node.name}"
+            for part_no in sorted(partitions):
+                node.open_partition(part_no, lg.load_state(node.store, part_no), now)
+        for table in p.tables.values():
+            table.rows.clear()
+            info = lg.describe_topic(table.topic)
+            for part in info.partitions:
+                self.table_positions[(table.topic, part.partition)] = part.start_offset
+        self._refresh_tables()
+        self.ctx.checkpoint = Checkpoint(group=p.name, owner=self.owner)
+        self._dirty_offsets.clear()
+        self._uncommitted = 0
+
+    def close(self) -> None:
+        with contextlib.suppress(AffluentError):
+            if self.status == "running":
+                self.commit()
+        for sink in self.pipeline.sinks:
+            with contextlib.suppress(Exception):
+                sink.close()
+        with contextlib.suppress(AffluentError):
+            self.log.release_lease(self.pipeline.name, self.owner)
+        if self.status == "running":
+            self.status = "stopped"
+
+    # -- the loop --------------------------------------------------------------------------------------------
+    def _refresh_tables(self) -> int:
+        n = 0
+        for (topic, part), pos in list(self.table_positions.items()):
+            tables = [t for t in self.pipeline.tables.values() if t.topic == topic]
+            while True:
+                batches = self.log.read(topic, part, pos, max_records=self.pipeline.max_poll_records)
+                if not batches:
+                    break
+                for b in batches:
+                    for t in tables:
+                        t.apply(b.keys, b.values)
+                    pos = b.next_offset
+                    n += len(b)
+            self.table_positions[(topic, part)] = pos
+        return n
+
+    def poll_once(self) -> int:
+        """Read and process one round of batches; returns how many records were read."""
+        ctx = self.ctx
+        ctx.now_wall_ms = now_ms()
+        if self.pipeline.tables:
+            self._refresh_tables()
+        total = 0
+        budget = self.pipeline.max_poll_records
+        for (topic, part), pos in self.positions.items():
+            batches = self.log.read(topic, part, pos, max_records=budget)
+            if not batches:
+                continue
+            root = self.pipeline.inputs[topic]
+            ctx.topic, ctx.partition = topic, part
+            for rb in batches:
+                n = len(rb)
+                offsets = list(range(rb.base_offset, rb.base_offset + n))
+                batch = Batch(rb.keys, rb.values, rb.timestamps, offsets)
+                if rb.failures:
+                    bad = set()
+                    for f in rb.failures:
+                        bad.add(f.index)
+                        ctx.dead_letter(f"{topic}.decode", None, rb.base_offset + f.index, f.error, timestamp_ms=rb.timestamps[f.index], raw=f.raw)
+                    batch = batch.take([i for i in range(n) if i not in bad])
+                root.process(batch, ctx)
+                pos = rb.next_offset
+                total += n
+            self.positions[(topic, part)] = pos
+            self._dirty_offsets.add((topic, part))
+        if total:
+            self.records_in += total
+            self._uncommitted += total
+            self.metrics.inc("affluent_records_in_total", total, pipeline=self.pipeline.name)
+        for node in self.pipeline.stateful_nodes():
+            node.tick(ctx, ctx.now_wall_ms)
+        return total
+
+    def commit(self) -> None:
+        cp = self.ctx.checkpoint
+        changes: list[StateChange] = []
+        for node in self.pipeline.stateful_nodes():
+            changes.extend(node.state_changes())
+        cp.state = changes
+        cp.offsets = {tp: self.positions[tp] for tp in self._dirty_offsets}
+        if cp.is_empty():
+            return
+        for sink in self.pipeline.sinks:
+            sink.flush()
+        self.log.commit_checkpoint(cp)
+        self.metrics.inc("affluent_checkpoints_total", pipeline=self.pipeline.name)
+        self.ctx.checkpoint = Checkpoint(group=self.pipeline.name, owner=self.owner)
+        self._dirty_offsets.clear()
+        self._uncommitted = 0
+        self.last_commit_wall = now_ms()
+
+    def run(self, stop: threading.Event, *, until: Callable[[PipelineTask], bool] | None = None) -> None:
+        p = self.pipeline
+        try:
+            self.open()
+            self.last_commit_wall = now_ms()
+            backoff = 0.1
+            while not stop.is_set():
+                try:
+                    n = self.poll_once()
+                    if n == 0 or now_ms() - self.last_commit_wall >= p.commit_interval_ms:
+                        self.commit()
+                    backoff = 0.1
+                except (LogBusyError, LogFullError, TransientError) as exc:
+                    # the failed checkpoint rolled back: go back to the last committed one and retry
+                    log.error("pipeline %s: %s; retrying from the last checkpoint in %.1f s", p.name, exc, backoff)
+                    self.metrics.inc("affluent_task_errors_total", pipeline=p.name, error=type(exc).__name__)
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    self._load()
+                    continue
+                if until is not None and until(self):
+                    break
+                if n == 0:
+                    stop.wait(p.poll_interval_ms / 1000)
+        except FencedError as exc:
+            self.status, self.error = "fenced", str(exc)
+            log.error("pipeline %s stopped: %s", p.name, exc)
+            raise
+        except TerminalError as exc:
+            self.status, self.error = "failed", str(exc)
+            log.error("pipeline %s failed: %s", p.name, exc)
+            raise
+        except Exception as exc:
+            self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            log.error("pipeline %s crashed:\n%s", p.name, traceback.format_exc())
+            raise
+        finally:
+            self.close()
+
+
+class SourceTask:
+    """Polls one source and appends what it returns, saving its position in the same transaction."""
+
+    def __init__(self, binding: SourceBinding, log_: Log, *, metrics: Metrics | None = None, max_backoff_s: float = 60.0) -> None:
+        self.binding = binding
+        self.log = log_
+        self.metrics = metrics or METRICS
+        self.store = f"source.{binding.source.name}"
+        self.status = "created"
+        self.error: str | None = None
+        self.records_out = 0
+        self.polls = 0
+        self.max_backoff_s = max_backoff_s
+
+    def open(self) -> None:
+        b = self.binding
+        if not self.log.topic_exists(b.topic):
+            self.log.create_topic(b.topic, b.config or TopicConfig())
+        saved = self.log.load_state(self.store, 0).get(_POSITION)
+        b.source.open(orjson.loads(saved) if saved is not None else None)
+        self.status = "running"
+
+    def poll_once(self) -> tuple[float, bool]:
+        """One poll and its commit; returns (seconds to wait, done)."""
+        src, b = self.binding.source, self.binding
+        result = src.poll()
+        self.polls += 1
+        cp = Checkpoint(group=self.store)
+        if result.records:
+            now = now_ms()
+            out = OutgoingBatch()
+            key = b.key
+            for r in result.records:
+                out.keys.append(key(r.value) if key is not None else r.key)
+                out.values.append(r.value)
+                out.timestamps.append(r.timestamp_ms or now)
+            cp.appends[b.topic] = out
+        if result.position is not None:
+            cp.state.append(StateChange(self.store, 0, _POSITION, orjson.dumps(result.position)))
+        if not cp.is_empty():
+            self.log.commit_checkpoint(cp)
+        n = len(result.records)
+        self.records_out += n
+        if n:
+            self.metrics.inc("affluent_source_records_total", n, source=src.name)
+        self.metrics.set("affluent_source_last_poll_ms", now_ms(), source=src.name)
+        return result.wait_s, result.done
+
+    def run(self, stop: threading.Event) -> None:
+        src = self.binding.source
+        backoff = 1.0
+        try:
+            self.open()
+            while not stop.is_set():
+                try:
+                    wait_s, done = self.poll_once()
+                    backoff = 1.0
+                    self.error = None
+                except TransientError as exc:
+                    retry = getattr(exc, "retry_after_s", None)
+                    wait_s, done = (retry if retry is not None else backoff), False
+                    backoff = min(backoff * 2, self.max_backoff_s)
+                    self.error = str(exc)
+                    self.metrics.inc("affluent_source_errors_total", source=src.name, kind="transient")
+                    log.warning("source %s: %s; retrying in %.1f s", src.name, exc, wait_s)
+                except TerminalError:
+                    raise
+                except Exception as exc:
+                    wait_s, done = backoff, False
+                    backoff = min(backoff * 2, self.max_backoff_s)
+                    self.error = f"{type(exc).__name__}: {exc}"
+                    self.metrics.inc("affluent_source_errors_total", source=src.name, kind="error")
+                    log.error("source %s failed a poll: %s; retrying in %.1f s", src.name, self.error, wait_s)
+                if done:
+                    self.status = "done"
+                    return
+                stop.wait(wait_s)
+            self.status = "stopped"
+        except TerminalError as exc:
+            self.status, self.error = "failed", str(exc)
+            self.metrics.inc("affluent_source_errors_total", source=src.name, kind="terminal")
+            log.error("source %s stopped: %s", src.name, exc)
+        finally:
+            with contextlib.suppress(Exception):
+                src.close()
+
+
+class Runtime:
+    """Runs pipelines and sources in threads of this process until stopped."""
+
+    def __init__(self, log_: Log | str | None = None, *, metrics: Metrics | None = None, retention_interval_s: float = 60.0) -> None:
+        if log_ is None or isinstance(log_, str):
+            log_ = open_log(log_ or DEFAULT_LOG_URL)
+        self.log = log_
+        self.metrics = metrics or METRICS
+        self.pipelines: list[Pipeline] = []
+        self.tasks: list[PipelineTask] = []
+        self.source_tasks: list[SourceTask] = []
+        self.stop_event = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.errors: list[BaseException] = []
+        self.retention_interval_s = retention_interval_s
+
+    def add(self, pipeline: Pipeline) -> Runtime:
+        self.pipelines.append(pipeline)
+        return self
+
+    def start(self) -> Runtime:
+        for p in self.pipelines:
+            for b in p.sources:
+                st = SourceTask(b, self.log, metrics=self.metrics)
+                self.source_tasks.append(st)
+                self._spawn(f"source-{b.source.name}", st.run, self.stop_event)
+            if p.inputs:
+                task = PipelineTask(p, self.log, metrics=self.metrics)
+                self.tasks.append(task)
+                self._spawn(f"pipeline-{p.name}", task.run, self.stop_event)
+        return self
+
+    def _spawn(self, name: str, fn: Callable[..., Any], *args: Any) -> None:
+        def target() -> None:
+            try:
+                fn(*args)
+            except BaseException as exc:
+                self.errors.append(exc)
+
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(timeout_s)
+
+    def alive(self) -> bool:
+        return any(t.is_alive() for t in self.threads)
+
+    def run(self, *, timeout_s: float | None = None) -> None:
+        """Start, then block until Ctrl+C, `timeout_s`, or every task has ended."""
+        self.start()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        next_retention = time.monotonic() + self.retention_interval_s
+        try:
+            while self.alive():
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                if time.monotonic() >= next_retention:
+                    with contextlib.suppress(AffluentError):
+                        self.log.enforce_retention()
+                    next_retention = time.monotonic() + self.retention_interval_s
+                self.stop_event.wait(0.2)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+    def status(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for st in self.source_tasks:
+            out.append({"kind": "source", "name": st.binding.source.name, "status": st.status, "records": st.records_out,
+                        "offline": st.binding.source.offline, "error": st.error})
+        for t in self.tasks:
+            out.append({"kind": "pipeline", "name": t.pipeline.name, "status": t.status, "records": t.records_in, "error": t.error})
+        return out

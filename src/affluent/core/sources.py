@@ -1,0 +1,52 @@
+"""Sources: what polls or subscribes to the outside world and appends records to a topic.
+
+A source is polled by the runtime in its own thread. Each poll returns records and a position;
+the runtime appends the records and saves the position in one transaction, so a restarted source
+resumes exactly where its last appended records end. Transient errors (HTTP 429/5xx, timeouts)
+are retried with backoff; a source never takes the rest of the runtime down with it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from affluent.core.records import Record
+
+
+@dataclass(slots=True)
+class SourcePoll:
+    """What one poll produced.
+
+    records: new records (event time in `timestamp_ms`; 0 means "now").
+    wait_s: how long to wait before the next poll (a feed's ttl, a simulator's period).
+    position: JSON-able resume point saved with the records, handed back to `open` after a restart.
+    done: the source has nothing more to give (a replay that reached its end).
+    """
+
+    records: list[Record] = field(default_factory=list)
+    wait_s: float = 0.0
+    position: Any = None
+    done: bool = False
+
+
+class Source(ABC):
+    """Base class of every source. Subclasses set `name` and implement `poll`."""
+
+    name: str = "source"
+    #: True when the source reads a recording or a simulator rather than the live world.
+    offline: bool = False
+
+    def open(self, position: Any | None) -> None:  # noqa: B027 - optional hook
+        """Prepare to poll, resuming from `position` (None on a first start)."""
+
+    @abstractmethod
+    def poll(self) -> SourcePoll:
+        """Fetch what is new. May raise TransientError (retried) or TerminalError (the source stops)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and files."""
+
+    def describe(self) -> str:
+        return self.name

@@ -1,0 +1,446 @@
+"""The embedded log: one SQLite file holds topics, record batches, group offsets, keyed state and leases.
+
+Everything a checkpoint commits lives in this one file, because SQLite does not make a
+transaction atomic across ATTACHed databases. WAL mode lets readers run beside the one writer;
+SQLite's own lock enforces that there is one writer at a time, across processes, and leases
+enforce that one pipeline runs in one process at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from affluent.core.errors import (
+    ConfigError,
+    FencedError,
+    LogBusyError,
+    LogCorruptError,
+    LogError,
+    LogFullError,
+    PipelineAlreadyRunningError,
+    TopicExistsError,
+    UnknownTopicError,
+)
+from affluent.core.log import (
+    Checkpoint,
+    Log,
+    OutgoingBatch,
+    PartitionInfo,
+    TopicConfig,
+    TopicInfo,
+    partition_for,
+)
+from affluent.core.records import Record, RecordBatch, decode_batch, encode_batch
+
+SCHEMA_VERSION = "1"
+MAX_BATCH_RECORDS = 8192
+MAX_BATCH_BYTES = 1 << 20
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS topics (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL,
+    config TEXT NOT NULL, created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS partitions (
+    topic_id INTEGER NOT NULL, partition INTEGER NOT NULL,
+    start_offset INTEGER NOT NULL, end_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic_id, partition)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY, topic_id INTEGER NOT NULL, partition INTEGER NOT NULL,
+    base_offset INTEGER NOT NULL, count INTEGER NOT NULL, min_ts INTEGER NOT NULL,
+    max_ts INTEGER NOT NULL, append_ms INTEGER NOT NULL, size INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS batches_position ON batches (topic_id, partition, base_offset);
+CREATE TABLE IF NOT EXISTS group_offsets (
+    grp TEXT NOT NULL, topic_id INTEGER NOT NULL, partition INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (grp, topic_id, partition)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS state (
+    store TEXT NOT NULL, partition INTEGER NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY (store, partition, key));
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY, owner TEXT NOT NULL, pid INTEGER NOT NULL, host TEXT NOT NULL,
+    heartbeat_ms INTEGER NOT NULL);
+"""
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class SQLiteLog(Log):
+    """The embedded log backend (`sqlite:///path`)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL", busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self.url = f"sqlite:///{self.path}"
+        if synchronous.upper() not in ("NORMAL", "FULL", "OFF"):
+            raise ConfigError(f"synchronous must be NORMAL, FULL or OFF, not {synchronous!r}")
+        self._synchronous = synchronous.upper()
+        self._busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._topics: dict[str, tuple[int, TopicConfig]] = {}
+        self._topics_lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._errors("opening"):
+            conn = self._conn()
+            conn.executescript(_SCHEMA)
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            (version,) = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if version != SCHEMA_VERSION:
+            raise LogError(f"{self.path}: log schema version {version}, this affluent reads {SCHEMA_VERSION}")
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> SQLiteLog:
+        path = url.removeprefix("sqlite:///")
+        if not path or path == url:
+            raise ConfigError(f"bad SQLite log URL {url!r}: expected sqlite:///path/to/log.db")
+        return cls(path, **options)
+
+    # -- connections and errors -------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._busy_timeout_s, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            self._local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            msg = str(exc)
+            where = f"{doing} the log {self.path}"
+            if "locked" in msg or "busy" in msg:
+                raise LogBusyError(f"{where}: another process held the write lock for over {self._busy_timeout_s:.0f} s") from exc
+            if "full" in msg:
+                raise LogFullError(f"{where}: the disk is full; the write was rolled back, nothing committed was lost") from exc
+            if "not a database" in msg or "malformed" in msg or "corrupt" in msg:
+                raise LogCorruptError(f"{where}: the file is damaged or is not an affluent log ({msg})") from exc
+            raise LogError(f"{where}: {msg}") from exc
+
+    @contextlib.contextmanager
+    def _write(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: takes the write lock up front, rolls back on any error."""
+        conn = self._conn()
+        with self._errors(doing):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- topics -------------------------------------------------------------------------------------
+    def _topic(self, name: str, conn: sqlite3.Connection | None = None, *, refresh: bool = False) -> tuple[int, TopicConfig]:
+        if not refresh:
+            hit = self._topics.get(name)
+            if hit is not None:
+                return hit
+        conn = conn or self._conn()
+        with self._errors(f"looking up topic {name!r} in"):
+            row = conn.execute("SELECT id, config FROM topics WHERE name=?", (name,)).fetchone()
+        if row is None:
+            with self._topics_lock:
+                self._topics.pop(name, None)
+            raise UnknownTopicError(name, [r[0] for r in conn.execute("SELECT name FROM topics")])
+        hit = (row[0], TopicConfig.from_dict(orjson.loads(row[1])))
+        with self._topics_lock:
+            self._topics[name] = hit
+        return hit
+
+    def create_topic(self, name: str, config: TopicConfig | None = None, *, exist_ok: bool = True) -> TopicInfo:
+        if not name or any(c.isspace() for c in name) or len(name) > 249:
+            raise ConfigError(f"bad topic name {name!r}: use 1 to 249 characters without spaces")
+        config = config or TopicConfig()
+        with self._write(f"creating topic {name!r} in") as conn:
+            row = conn.execute("SELECT id FROM topics WHERE name=?", (name,)).fetchone()
+            if row is not None:
+                if not exist_ok:
+                    raise TopicExistsError(name)
+            else:
+                cur = conn.execute(
+                    "INSERT INTO topics (name, config, created_ms) VALUES (?, ?, ?)",
+                    (name, orjson.dumps(config.to_dict()).decode(), _now_ms()),
+                )
+                conn.executemany(
+                    "INSERT INTO partitions VALUES (?, ?, 0, 0)",
+                    [(cur.lastrowid, p) for p in range(config.partitions)],
+                )
+        return self.describe_topic(name)
+
+    def delete_topic(self, name: str) -> None:
+        with self._write(f"deleting topic {name!r} from") as conn:
+            topic_id, _ = self._topic(name, conn, refresh=True)
+            for table in ("batches", "partitions", "group_offsets"):
+                conn.execute(f"DELETE FROM {table} WHERE topic_id=?", (topic_id,))
+            conn.execute("DELETE FROM topics WHERE id=?", (topic_id,))
+        with self._topics_lock:
+            self._topics.pop(name, None)
+
+    def list_topics(self) -> list[TopicInfo]:
+        with self._errors("listing topics of"):
+            names = [r[0] for r in self._conn().execute("SELECT name FROM topics ORDER BY name")]
+        out = []
+        for n in names:
+            with contextlib.suppress(UnknownTopicError):
+                out.append(self.describe_topic(n))
+        return out
+
+    def describe_topic(self, name: str) -> TopicInfo:
+        conn = self._conn()
+        topic_id, config = self._topic(name, conn, refresh=True)
+        with self._errors(f"describing topic {name!r} in"):
+            parts = conn.execute(
+                "SELECT p.partition, p.start_offset, p.end_offset, "
+                "(SELECT coalesce(sum(size), 0) FROM batches b WHERE b.topic_id=p.topic_id AND b.partition=p.partition), "
+                "(SELECT min(min_ts) FROM batches b WHERE b.topic_id=p.topic_id AND b.partition=p.partition), "
+                "(SELECT max(max_ts) FROM batches b WHERE b.topic_id=p.topic_id AND b.partition=p.partition) "
+                "FROM partitions p WHERE p.topic_id=? ORDER BY p.partition",
+                (topic_id,),
+            ).fetchall()
+        return TopicInfo(name, config, tuple(PartitionInfo(*row) for row in parts))
+
+    # -- data ---------------------------------------------------------------------------------------------
+    def append(self, topic: str, batch: OutgoingBatch | Sequence[Record], *, partition: int | None = None) -> dict[int, tuple[int, int]]:
+        out = batch if isinstance(batch, OutgoingBatch) else OutgoingBatch.of(batch)
+        with self._write(f"appending to topic {topic!r} in") as conn:
+            return self._append(conn, topic, out, partition)
+
+    def _append(self, conn: sqlite3.Connection, topic: str, batch: OutgoingBatch, partition: int | None) -> dict[int, tuple[int, int]]:
+        if not len(batch):
+            return {}
+        topic_id, config = self._topic(topic, conn)
+        raw = batch.values if batch.raw else [orjson.dumps(v) for v in batch.values]
+        if config.partitions == 1 or partition is not None:
+            p = partition or 0
+            if p >= config.partitions or p < 0:
+                raise ConfigError(f"topic {topic!r} has {config.partitions} partitions, there is no partition {p}")
+            groups = {p: range(len(raw))}
+        else:
+            groups_l: dict[int, list[int]] = {}
+            for i, k in enumerate(batch.keys):
+                groups_l.setdefault(partition_for(k, config.partitions, i), []).append(i)
+            groups = dict(groups_l)
+        result: dict[int, tuple[int, int]] = {}
+        now = _now_ms()
+        for p, idx in groups.items():
+            row = conn.execute("SELECT end_offset FROM partitions WHERE topic_id=? AND partition=?", (topic_id, p)).fetchone()
+            if row is None:  # deleted by another process since we cached it
+                self._topic(topic, conn, refresh=True)
+                raise UnknownTopicError(topic)
+            first = offset = row[0]
+            whole = isinstance(idx, range) and len(idx) == len(raw)
+            vals = raw if whole else [raw[i] for i in idx]
+            times = batch.timestamps if whole else [batch.timestamps[i] for i in idx]
+            keys = batch.keys if whole else [batch.keys[i] for i in idx]
+            hdrs = batch.headers if (whole or batch.headers is None) else [batch.headers[i] for i in idx]
+            rows = []
+            for start, stop in _chunks(vals):
+                blob = encode_batch(vals[start:stop], times[start:stop], keys[start:stop], hdrs[start:stop] if hdrs else None)
+                ts = times[start:stop]
+                rows.append((topic_id, p, offset, stop - start, min(ts), max(ts), now, len(blob), blob))
+                offset += stop - start
+            conn.executemany(
+                "INSERT INTO batches (topic_id, partition, base_offset, count, min_ts, max_ts, append_ms, size, data) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            conn.execute("UPDATE partitions SET end_offset=? WHERE topic_id=? AND partition=?", (offset, topic_id, p))
+            result[p] = (first, offset - first)
+        return result
+
+    def read(self, topic: str, partition: int, offset: int, *, max_records: int = 10_000) -> list[RecordBatch]:
+        conn = self._conn()
+        topic_id, config = self._topic(topic, conn)
+        out: list[RecordBatch] = []
+        seen = 0
+        with self._errors(f"reading topic {topic!r} partition {partition} from"):
+            cur = conn.execute(
+                "SELECT base_offset, count, data FROM batches WHERE topic_id=? AND partition=? AND base_offset >= "
+                "(SELECT coalesce(max(base_offset), 0) FROM batches WHERE topic_id=? AND partition=? AND base_offset <= ?) "
+                "ORDER BY base_offset",
+                (topic_id, partition, topic_id, partition, offset),
+            )
+            for base, count, blob in cur:
+                if base + count <= offset:
+                    continue
+                b = decode_batch(blob, topic=topic, partition=partition, base_offset=base, value_format=config.value_format)
+                out.append(b.tail_from(offset))
+                seen += len(out[-1])
+                if seen >= max_records:
+                    break
+            cur.close()
+        return out
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        conn = self._conn()
+        topic_id, _ = self._topic(topic, conn)
+        with self._errors(f"reading offsets of topic {topic!r} in"):
+            return dict(conn.execute("SELECT partition, end_offset FROM partitions WHERE topic_id=?", (topic_id,)).fetchall())
+
+    def start_offsets(self, topic: str) -> dict[int, int]:
+        conn = self._conn()
+        topic_id, _ = self._topic(topic, conn)
+        with self._errors(f"reading offsets of topic {topic!r} in"):
+            return dict(conn.execute("SELECT partition, start_offset FROM partitions WHERE topic_id=?", (topic_id,)).fetchall())
+
+    # -- groups, checkpoints, state -----------------------------------------------------------------------------
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        conn = self._conn()
+        topic_id, _ = self._topic(topic, conn)
+        with self._errors(f"reading committed offsets of group {group!r} in"):
+            rows = conn.execute("SELECT partition, next_offset FROM group_offsets WHERE grp=? AND topic_id=?", (group, topic_id))
+            return dict(rows.fetchall())
+
+    def list_groups(self) -> list[tuple[str, str, int, int]]:
+        """(group, topic, partition, next_offset) for every committed offset."""
+        with self._errors("listing consumer groups of"):
+            return self._conn().execute(
+                "SELECT g.grp, t.name, g.partition, g.next_offset FROM group_offsets g JOIN topics t ON t.id=g.topic_id "
+                "ORDER BY g.grp, t.name, g.partition"
+            ).fetchall()
+
+    def commit_checkpoint(self, checkpoint: Checkpoint) -> dict[str, dict[int, tuple[int, int]]]:
+        result: dict[str, dict[int, tuple[int, int]]] = {}
+        now = _now_ms()
+        with self._write(f"committing a checkpoint of {checkpoint.group or 'a producer'!r} to") as conn:
+            if checkpoint.owner is not None:
+                cur = conn.execute(
+                    "UPDATE leases SET heartbeat_ms=? WHERE name=? AND owner=?", (now, checkpoint.group, checkpoint.owner)
+                )
+                if cur.rowcount == 0:
+                    raise FencedError(f"pipeline {checkpoint.group!r} was taken over by another process; this one stops")
+            for topic, batch in checkpoint.appends.items():
+                if len(batch):
+                    result[topic] = self._append(conn, topic, batch, None)
+            if checkpoint.offsets:
+                rows = []
+                for (topic, partition), offset in checkpoint.offsets.items():
+                    topic_id, _ = self._topic(topic, conn)
+                    rows.append((checkpoint.group, topic_id, partition, offset, now))
+                conn.executemany("INSERT OR REPLACE INTO group_offsets VALUES (?, ?, ?, ?, ?)", rows)
+            if checkpoint.state:
+                puts = [(c.store, c.partition, c.key, c.value) for c in checkpoint.state if c.value is not None]
+                dels = [(c.store, c.partition, c.key) for c in checkpoint.state if c.value is None]
+                if puts:
+                    conn.executemany("INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?)", puts)
+                if dels:
+                    conn.executemany("DELETE FROM state WHERE store=? AND partition=? AND key=?", dels)
+        return result
+
+    def load_state(self, store: str, partition: int) -> dict[bytes, bytes]:
+        with self._errors(f"loading state {store!r} from"):
+            rows = self._conn().execute("SELECT key, value FROM state WHERE store=? AND partition=?", (store, partition))
+            return dict(rows.fetchall())
+
+    def reset_group(self, group: str, *, state_prefix: str | None = None) -> None:
+        """Forget a group's offsets (and the state stores under `state_prefix`): it starts over."""
+        with self._write(f"resetting group {group!r} in") as conn:
+            conn.execute("DELETE FROM group_offsets WHERE grp=?", (group,))
+            if state_prefix:
+                conn.execute("DELETE FROM state WHERE store >= ? AND store < ?", (state_prefix, state_prefix + "\uffff"))
+
+    # -- leases ----------------------------------------------------------------------------------------------------
+    def acquire_lease(self, name: str, owner: str, *, takeover_after_s: float = 10.0) -> None:
+        host = socket.gethostname()
+        now = _now_ms()
+        with self._write(f"claiming pipeline {name!r} in") as conn:
+            row = conn.execute("SELECT owner, pid, host, heartbeat_ms FROM leases WHERE name=?", (name,)).fetchone()
+            if row is not None and row[0] != owner:
+                _, pid, other_host, beat = row
+                dead = other_host == host and not _pid_alive(pid)
+                stale = now - beat > takeover_after_s * 1000
+                if not (dead or stale):
+                    raise PipelineAlreadyRunningError(
+                        f"pipeline {name!r} is already running (pid {pid} on {other_host}, "
+                        f"last seen {(now - beat) / 1000:.1f} s ago); stop it first or wait {takeover_after_s:.0f} s"
+                    )
+            conn.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)", (name, owner, os.getpid(), host, now))
+
+    def release_lease(self, name: str, owner: str) -> None:
+        with self._write(f"releasing pipeline {name!r} in") as conn:
+            conn.execute("DELETE FROM leases WHERE name=? AND owner=?", (name, owner))
+
+    # -- retention -----------------------------------------------------------------------------------------------------
+    def enforce_retention(self, now_ms: int | None = None) -> int:
+        now = now_ms if now_ms is not None else _now_ms()
+        dropped = 0
+        with self._errors("listing topics of"):
+            topics = self._conn().execute("SELECT id, name, config FROM topics").fetchall()
+        for topic_id, _name, cfg in topics:
+            config = TopicConfig.from_dict(orjson.loads(cfg))
+            if config.retention_ms is None and config.retention_bytes is None:
+                continue
+            with self._write("enforcing retention in") as conn:
+                for p in range(config.partitions):
+                    doomed: list[tuple[int, int]] = []
+                    if config.retention_ms is not None:
+                        doomed += conn.execute(
+                            "SELECT id, count FROM batches WHERE topic_id=? AND partition=? AND append_ms < ?",
+                            (topic_id, p, now - config.retention_ms),
+                        ).fetchall()
+                    if config.retention_bytes is not None:
+                        total = 0
+                        for bid, count, size in conn.execute(
+                            "SELECT id, count, size FROM batches WHERE topic_id=? AND partition=? ORDER BY base_offset DESC",
+                            (topic_id, p),
+                        ).fetchall():
+                            total += size
+                            if total > config.retention_bytes:
+                                doomed.append((bid, count))
+                    ids = {bid: count for bid, count in doomed}
+                    if not ids:
+                        continue
+                    conn.executemany("DELETE FROM batches WHERE id=?", [(i,) for i in ids])
+                    dropped += sum(ids.values())
+                    conn.execute(
+                        "UPDATE partitions SET start_offset = coalesce("
+                        "(SELECT min(base_offset) FROM batches WHERE topic_id=? AND partition=?), end_offset) "
+                        "WHERE topic_id=? AND partition=?",
+                        (topic_id, p, topic_id, p),
+                    )
+        return dropped
+
+
+def _chunks(values: Sequence[bytes]) -> Iterator[tuple[int, int]]:
+    """Split into runs of at most MAX_BATCH_RECORDS records and about MAX_BATCH_BYTES bytes."""
+    start = 0
+    size = 0
+    for i, v in enumerate(values):
+        size += len(v)
+        if i - start + 1 >= MAX_BATCH_RECORDS or size >= MAX_BATCH_BYTES:
+            yield start, i + 1
+            start, size = i + 1, 0
+    if start < len(values):
+        yield start, len(values)

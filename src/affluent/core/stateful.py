@@ -1,0 +1,488 @@
+"""Stateful operators: event-time windows, dedupe, and the lookup-join with a table.
+
+State is kept in memory per input partition and checkpointed as changes: each operator reports
+the keys it touched since the last checkpoint, and the runtime commits them with the outputs and
+the input offsets in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from affluent.core.aggregates import Aggregate, Count, result_fields
+from affluent.core.errors import PipelineError
+from affluent.core.log import StateChange
+from affluent.core.operators import Batch, Fn, Node, Outlet, apply_each
+from affluent.core.windows import HoppingWindow, SessionWindow, TumblingWindow, Window
+
+if TYPE_CHECKING:
+    from affluent.core.runtime import TaskContext
+
+MIN_TIME = -(1 << 62)
+_WM_KEY = b"\x00wm"
+
+
+def _hashable(x: Any) -> Any:
+    return tuple(_hashable(i) for i in x) if isinstance(x, list) else x
+
+
+class _WindowPartition:
+    __slots__ = ("by_start", "dirty", "last_data_wall", "last_tick_wall", "sessions", "touched", "wins", "wm", "wm_dirty")
+
+    def __init__(self, now_wall_ms: int) -> None:
+        self.wins: dict[tuple[Any, int], Any] = {}
+        self.by_start: dict[int, set[Any]] = {}
+        self.sessions: dict[Any, list[list[Any]]] = {}
+        self.wm = MIN_TIME
+        self.wm_dirty = False
+        self.dirty: set[Any] = set()
+        self.touched: set[Any] = set()
+        self.last_data_wall = now_wall_ms
+        self.last_tick_wall = now_wall_ms
+
+
+class WindowOp(Node):
+    """Aggregates records per key and event-time window; emits on close or on every update."""
+
+    kind = "window"
+    stateful = True
+
+    def __init__(self, name: str, window: Window, aggregate: Aggregate, emit: str = "close") -> None:
+        super().__init__(name)
+        if emit not in ("close", "update"):
+            raise PipelineError(f"window {name!r}: emit must be 'close' or 'update', not {emit!r}")
+        self.window = window
+        self.agg = aggregate
+        self.emit_mode = emit
+        self.late = Outlet(f"{name}.late")
+        self.parts: dict[int, _WindowPartition] = {}
+        self._count_fast = type(aggregate) is Count
+
+    # -- state ---------------------------------------------------------------------------------------
+    def open_partition(self, partition: int, state: dict[bytes, bytes], now_wall_ms: int) -> None:
+        part = _WindowPartition(now_wall_ms)
+        for k, v in state.items():
+            if k == _WM_KEY:
+                part.wm = orjson.loads(v)
+                continue
+            if isinstance(self.window, SessionWindow):
+                part.sessions[_hashable(orjson.loads(k))] = orjson.loads(v)
+            else:
+                key, start = orjson.loads(k)
+                key = _hashable(key)
+                part.wins[(key, start)] = orjson.loads(v)
+                part.by_start.setdefault(start, set()).add(key)
+        self.parts[partition] = part
+
+    def state_changes(self) -> list[StateChange]:
+        out: list[StateChange] = []
+        dumps = orjson.dumps
+        for p, part in self.parts.items():
+            if not (part.dirty or part.wm_dirty):
+                continue
+            if isinstance(self.window, SessionWindow):
+                for key in part.dirty:
+                    s = part.sessions.get(key)
+                    out.append(StateChange(self.store, p, dumps(key), dumps(s) if s else None))
+            else:
+                for ks in part.dirty:
+                    acc = part.wins.get(ks, _MISSING)
+                    out.append(StateChange(self.store, p, dumps(ks), None if acc is _MISSING else dumps(acc)))
+            out.append(StateChange(self.store, p, _WM_KEY, dumps(part.wm)))
+            part.dirty.clear()
+            part.wm_dirty = False
+        return out
+
+    # -- processing --------------------------------------------------------------------------------------
+    def process(self, batch: Batch, ctx: TaskContext) -> None:
+        part = self.parts.get(ctx.partition)
+        if part is None:
+            part = self.parts[ctx.partition] = _WindowPartition(ctx.now_wall_ms)
+        ts = batch.timestamps
+        late = self._late(ts, part.wm)
+        if late:
+            lb = batch.take(late)
+            ctx.count_late(self.name, len(late))
+            self.late.emit(lb, ctx) if self.late.children else ctx.late_default(self.name, lb)
+            drop = set(late)
+            batch = batch.take([i for i in range(len(batch)) if i not in drop])
+            ts = batch.timestamps
+        if ts:
+            if isinstance(self.window, SessionWindow):
+                self._add_sessions(part, batch, ctx)
+            else:
+                self._add_windows(part, batch, ctx)
+            hi = max(ts)
+            if hi > part.wm:
+                part.wm = hi
+                part.wm_dirty = True
+        part.last_data_wall = part.last_tick_wall = ctx.now_wall_ms
+        self._after(part, ctx)
+
+    def _late(self, ts: list[int], wm: int) -> list[int]:
+        """Indices of late records, with the watermark advancing record by record."""
+        w = self.window
+        grace = w.grace_ms
+        lo = min(ts) if ts else 0
+        hi = max(ts) if ts else 0
+        if isinstance(w, SessionWindow):
+            span_end = lo + w.gap_ms
+        elif isinstance(w, TumblingWindow):
+            span_end = lo - lo % w.size_ms + w.size_ms
+        else:
+            span_end = lo - lo % w.hop_ms + w.size_ms  # end of lo's last window
+        if span_end + grace > max(wm, hi):
+            return []
+        late = []
+        cur = wm
+        if isinstance(w, SessionWindow):
+            gap = w.gap_ms
+            for i, t in enumerate(ts):
+                if t > cur:
+                    cur = t
+                elif t + gap + grace <= cur:
+                    late.append(i)
+        elif isinstance(w, TumblingWindow):
+            size = w.size_ms
+            for i, t in enumerate(ts):
+                if t > cur:
+                    cur = t
+                elif t - t % size + size + grace <= cur:
+                    late.append(i)
+        else:
+            size, hop = w.size_ms, w.hop_ms
+            for i, t in enumerate(ts):
+                if t > cur:
+                    cur = t
+                elif t - t % hop + size + grace <= cur:
+                    late.append(i)
+        return late
+
+    def _add_windows(self, part: _WindowPartition, batch: Batch, ctx: TaskContext) -> None:
+        w = self.window
+        wins, by_start = part.wins, part.by_start
+        touched, dirty = part.touched, part.dirty
+        keys, values, ts = batch.keys, batch.values, batch.timestamps
+        if isinstance(w, TumblingWindow):
+            size = w.size_ms
+            starts = [t - t % size for t in ts]
+            if self._count_fast:
+                for ks, n in Counter(zip(keys, starts)).items():
+                    acc = wins.get(ks)
+                    if acc is None:
+                        by_start.setdefault(ks[1], set()).add(ks[0])
+                        acc = 0
+                    wins[ks] = acc + n
+                    dirty.add(ks)
+                    touched.add(ks)
+                return
+            pairs = zip(keys, starts, values, ts, batch.offsets, strict=True)
+            self._fold(part, ((k, s, v, t, o) for k, s, v, t, o in pairs), ctx)
+            return
+        assert isinstance(w, HoppingWindow)
+        size, grace = w.size_ms, w.grace_ms
+        cur = part.wm
+
+        def gen() -> Any:
+            nonlocal cur
+            for k, v, t, o in zip(keys, values, ts, batch.offsets, strict=True):
+                if t > cur:
+                    cur = t
+                for s in w.starts(t):
+                    if s + size + grace > cur:
+                        yield k, s, v, t, o
+
+        self._fold(part, gen(), ctx)
+
+    def _fold(self, part: _WindowPartition, items: Any, ctx: TaskContext) -> None:
+        wins, by_start, touched, dirty = part.wins, part.by_start, part.touched, part.dirty
+        create, add = self.agg.create, self.agg.add
+        failed: set[int] = set()
+        for k, s, v, t, o in items:
+            ks = (k, s)
+            acc = wins.get(ks)
+            if acc is None:
+                acc = create()
+                new = True
+            else:
+                new = False
+            try:
+                acc = add(acc, v, t)
+            except Exception as exc:
+                if o not in failed:
+                    failed.add(o)
+                    ctx.dead_letter(self.name, v, o, exc, timestamp_ms=t)
+                continue
+            if new:
+                by_start.setdefault(s, set()).add(k)
+            wins[ks] = acc
+            dirty.add(ks)
+            touched.add(ks)
+
+    def _add_sessions(self, part: _WindowPartition, batch: Batch, ctx: TaskContext) -> None:
+        gap = self.window.gap_ms  # type: ignore[union-attr]
+        create, add, merge = self.agg.create, self.agg.add, self.agg.merge
+        sessions = part.sessions
+        for k, v, t, o in zip(batch.keys, batch.values, batch.timestamps, batch.offsets, strict=True):
+            try:
+                new = [t, t + gap, add(create(), v, t)]
+                kept = []
+                for s in sessions.get(k, ()):
+                    if s[0] < new[1] and new[0] < s[1]:
+                        new = [min(s[0], new[0]), max(s[1], new[1]), merge(s[2], new[2])]
+                    else:
+                        kept.append(s)
+            except Exception as exc:
+                ctx.dead_letter(self.name, v, o, exc, timestamp_ms=t)
+                continue
+            kept.append(new)
+            sessions[k] = kept
+            part.dirty.add(k)
+            part.touched.add(k)
+
+    # -- emitting ---------------------------------------------------------------------------------------------
+    def _result(self, key: Any, start: int, end: int, acc: Any) -> dict[str, Any]:
+        out = {"key": key, "start_ms": start, "end_ms": end}
+        out.update(result_fields(self.agg, acc))
+        return out
+
+    def _after(self, part: _WindowPartition, ctx: TaskContext) -> None:
+        if self.emit_mode == "update" and part.touched:
+            self._emit_updates(part, ctx)
+        part.touched.clear()
+        self._close(part, ctx)
+
+    def _emit_updates(self, part: _WindowPartition, ctx: TaskContext) -> None:
+        keys: list[Any] = []
+        values: list[Any] = []
+        times: list[int] = []
+        if isinstance(self.window, SessionWindow):
+            for k in part.touched:
+                for s in part.sessions.get(k, ()):
+                    keys.append(k)
+                    values.append(self._result(k, s[0], s[1], s[2]))
+                    times.append(s[1] - 1)
+        else:
+            size = self.window.size_ms
+            for ks in part.touched:
+                acc = part.wins.get(ks, _MISSING)
+                if acc is _MISSING:
+                    continue
+                keys.append(ks[0])
+                values.append(self._result(ks[0], ks[1], ks[1] + size, acc))
+                times.append(ks[1] + size - 1)
+        self.emit(Batch(keys, values, times, [-1] * len(keys)), ctx)
+
+    def _close(self, part: _WindowPartition, ctx: TaskContext) -> None:
+        wm = part.wm
+        grace = self.window.grace_ms
+        keys: list[Any] = []
+        values: list[Any] = []
+        times: list[int] = []
+        final = self.emit_mode == "close"
+        if isinstance(self.window, SessionWindow):
+            for k in list(part.sessions):
+                sess = part.sessions[k]
+                closing = [s for s in sess if s[1] + grace <= wm]
+                if not closing:
+                    continue
+                for s in sorted(closing, key=lambda s: s[0]):
+                    if final:
+                        keys.append(k)
+                        values.append(self._result(k, s[0], s[1], s[2]))
+                        times.append(s[1] - 1)
+                rest = [s for s in sess if s[1] + grace > wm]
+                if rest:
+                    part.sessions[k] = rest
+                else:
+                    del part.sessions[k]
+                part.dirty.add(k)
+        else:
+            size = self.window.size_ms
+            limit = wm - size - grace
+            for start in sorted(s for s in part.by_start if s <= limit):
+                for k in part.by_start.pop(start):
+                    acc = part.wins.pop((k, start))
+                    part.dirty.add((k, start))
+                    if final:
+                        keys.append(k)
+                        values.append(self._result(k, start, start + size, acc))
+                        times.append(start + size - 1)
+        if keys:
+            self.emit(Batch(keys, values, times, [-1] * len(keys)), ctx)
+
+    def tick(self, ctx: TaskContext, now_wall_ms: int) -> None:
+        """Advance idle partitions' watermarks with the wall clock and close what is due."""
+        idle = self.window.idle_ms
+        if idle is None:
+            return
+        for p, part in self.parts.items():
+            if part.wm == MIN_TIME:
+                continue
+            if now_wall_ms - part.last_data_wall >= idle:
+                part.wm += now_wall_ms - max(part.last_tick_wall, part.last_data_wall + idle)
+                part.last_tick_wall = now_wall_ms
+                part.wm_dirty = True
+                with ctx.at_partition(p):
+                    self._close(part, ctx)
+
+
+class _Missing:
+    pass
+
+
+_MISSING = _Missing()
+
+
+class Dedupe(Node):
+    """Passes a record only if its key is new or its version is newer than the last one seen.
+
+    What was seen is forgotten `ttl_ms` of event time after it was last seen.
+    """
+
+    kind = "dedupe"
+    stateful = True
+
+    def __init__(self, name: str, key: Fn | None, version: Fn | None, ttl_ms: int | None) -> None:
+        super().__init__(name)
+        self.key_fn = key
+        self.version_fn = version
+        self.ttl_ms = ttl_ms
+        self.seen: dict[int, dict[Any, list[Any]]] = {}
+        self.dirty: dict[int, set[Any]] = {}
+        self.wm: dict[int, int] = {}
+
+    def open_partition(self, partition: int, state: dict[bytes, bytes], now_wall_ms: int) -> None:
+        seen = {}
+        for k, v in state.items():
+            if k == _WM_KEY:
+                self.wm[partition] = orjson.loads(v)
+            else:
+                seen[_hashable(orjson.loads(k))] = orjson.loads(v)
+        self.seen[partition] = seen
+        self.dirty[partition] = set()
+        self.wm.setdefault(partition, MIN_TIME)
+
+    def state_changes(self) -> list[StateChange]:
+        out = []
+        for p, keys in self.dirty.items():
+            seen = self.seen[p]
+            for k in keys:
+                v = seen.get(k)
+                out.append(StateChange(self.store, p, orjson.dumps(k), None if v is None else orjson.dumps(v)))
+            if keys:
+                out.append(StateChange(self.store, p, _WM_KEY, orjson.dumps(self.wm[p])))
+            keys.clear()
+        return out
+
+    def process(self, batch: Batch, ctx: TaskContext) -> None:
+        p = ctx.partition
+        if p not in self.seen:
+            self.open_partition(p, {}, ctx.now_wall_ms)
+        seen, dirty = self.seen[p], self.dirty[p]
+        if self.key_fn is None:
+            keys: list[Any] = batch.keys
+            ok = None
+        else:
+            keys, ok = apply_each(self.key_fn, batch, ctx, self.name)
+        if self.version_fn is None:
+            versions: list[Any] = [None] * len(batch)
+        else:
+            versions, okv = apply_each(self.version_fn, batch, ctx, self.name)
+            ok = okv if ok is None else [a and b for a, b in zip(ok, okv, strict=True)]
+        ttl = self.ttl_ms
+        keep = []
+        wm = self.wm[p]
+        for i, (k, ver, t) in enumerate(zip(keys, versions, batch.timestamps, strict=True)):
+            if ok is not None and not ok[i]:
+                keep.append(False)
+                continue
+            k = _hashable(k)
+            prev = seen.get(k)
+            fresh = prev is None or (ttl is not None and prev[1] <= t) or (ver is not None and (prev[0] is None or ver > prev[0]))
+            keep.append(fresh)
+            if fresh:
+                seen[k] = [ver, t + ttl if ttl is not None else None]
+                dirty.add(k)
+            if t > wm:
+                wm = t
+        dropped = len(keep) - sum(keep)
+        if dropped:
+            ctx.count_dropped(self.name, dropped)
+        if ttl is not None and wm != self.wm[p]:
+            for k in [k for k, v in seen.items() if v[1] is not None and v[1] <= wm]:
+                del seen[k]
+                dirty.add(k)
+        self.wm[p] = wm
+        self.emit(batch.select(keep), ctx)
+
+
+class Table:
+    """A keyed table fed by a topic: the latest value per key, read in full on start.
+
+    Used by `Stream.enrich` for lookup joins; rows that arrive later are joined from then on.
+    """
+
+    def __init__(self, name: str, topic: str, *, key: Fn | None = None, value: Fn | None = None) -> None:
+        self.name = name
+        self.topic = topic
+        self.key_fn = key
+        self.value_fn = value
+        self.rows: dict[Any, Any] = {}
+        self.positions: dict[int, int] = {}
+
+    def apply(self, keys: list[Any], values: list[Any]) -> int:
+        changed = 0
+        for k, v in zip(keys, values, strict=True):
+            try:
+                key = self.key_fn(v) if self.key_fn else k
+                row = self.value_fn(v) if self.value_fn else v
+            except Exception:
+                continue
+            if key is None:
+                continue
+            if row is None:
+                self.rows.pop(key, None)
+            else:
+                self.rows[key] = row
+            changed += 1
+        return changed
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self.rows.get(key, default)
+
+
+class Enrich(Node):
+    """Joins each record with the row of a table that its key names (a lookup join)."""
+
+    kind = "enrich"
+
+    def __init__(self, name: str, table: Table, key: Fn, join: Callable[[Any, Any], Any], how: str) -> None:
+        super().__init__(name)
+        if how not in ("left", "inner"):
+            raise PipelineError(f"enrich {name!r}: how must be 'left' or 'inner', not {how!r}")
+        self.table, self.key_fn, self.join, self.how = table, key, join, how
+
+    def process(self, batch: Batch, ctx: TaskContext) -> None:
+        rows = self.table.rows
+        inner = self.how == "inner"
+        out: list[Any] = []
+        keep: list[bool] = []
+        for v, o, t in zip(batch.values, batch.offsets, batch.timestamps, strict=True):
+            try:
+                row = rows.get(self.key_fn(v))
+                if row is None and inner:
+                    keep.append(False)
+                    out.append(None)
+                    continue
+                out.append(self.join(v, row))
+                keep.append(True)
+            except Exception as exc:
+                ctx.dead_letter(self.name, v, o, exc, timestamp_ms=t)
+                keep.append(False)
+                out.append(None)
+        self.emit(Batch(batch.keys, out, batch.timestamps, batch.offsets).select(keep), ctx)
