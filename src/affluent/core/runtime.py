@@ -267,7 +267,7 @@ class PipelineTask:
             while not stop.is_set():
                 try:
                     n = self.poll_once()
-                    if n == 0 or now_ms() - self.last_commit_wall >= p.commit_interval_ms:
+                    if now_ms() - self.last_commit_wall >= p.commit_interval_ms:
                         self.commit()
                     backoff = 0.1
                 except (LogBusyError, LogFullError, TransientError) as exc:

@@ -1,0 +1,70 @@
+"""Batch analytics over the lake, defined once and run by an engine (DuckDB here; Spark later).
+
+A question is SQL over views named after lake datasets, in the subset of SQL that DuckDB and Spark
+SQL share. An engine makes each view from `<root>/<dataset>/**/*.parquet` with the `date` and
+`hour` folder names as columns.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from affluent.core.errors import TerminalError
+from affluent.sinks.lake import dataset_path
+
+
+class EmptyLakeError(TerminalError):
+    """The dataset a question needs has no data (yet)."""
+
+
+@dataclass(frozen=True)
+class Question:
+    """One batch question: a title for people, SQL for engines, and the datasets it reads."""
+
+    name: str
+    title: str
+    sql: str
+    datasets: tuple[str, ...]
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class DuckDBEngine:
+    """Runs questions with DuckDB, in process, over the local Parquet lake."""
+
+    name = "duckdb"
+
+    def __init__(self, lake_root: str | os.PathLike[str]) -> None:
+        import duckdb
+
+        self.root = Path(lake_root)
+        self.con = duckdb.connect()
+        self._views: set[str] = set()
+
+    def view(self, dataset: str) -> None:
+        if dataset in self._views:
+            return
+        ds = dataset_path(self.root, dataset)
+        files = list(ds.glob("date=*/hour=*/*.parquet")) if ds.exists() else []
+        if not files:
+            raise EmptyLakeError(f"the lake has no {dataset!r} data yet (looked in {ds}); run the app first")
+        pattern = str(ds / "date=*" / "hour=*" / "*.parquet").replace("'", "''")
+        self.con.execute(
+            f"CREATE OR REPLACE VIEW {dataset} AS SELECT * FROM read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)"
+        )
+        self._views.add(dataset)
+
+    def query(self, sql: str, params: dict[str, Any] | None = None, *, datasets: tuple[str, ...] | list[str] = ()) -> list[dict[str, Any]]:
+        for d in datasets:
+            self.view(d)
+        cur = self.con.execute(sql, params or {})
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+    def run(self, question: Question, **params: Any) -> list[dict[str, Any]]:
+        return self.query(question.sql, {**question.params, **params}, datasets=question.datasets)
+
+    def close(self) -> None:
+        self.con.close()

@@ -1,0 +1,233 @@
+"""The lake: Parquet files partitioned `date=YYYY-MM-DD/hour=HH`, written atomically and exactly once.
+
+Layout of one dataset::
+
+    <root>/<dataset>/date=2026-03-10/hour=14/part-0000000042-<id>.parquet
+    <root>/<dataset>/_commits/0000000042.json     {"seq": 42, "offsets": {"topic:partition": last offset}, ...}
+
+A flush writes each file under a temporary name and renames it into place (readers never see half
+a file), then writes the commit marker of that flush. Files whose sequence number is above the
+last marker belong to a flush that crashed: they are deleted on the next open. The markers also
+hold, per input topic partition, the last offset already in the lake, so records replayed after a
+crash are skipped: exactly once, even though the lake is not in the log's transaction.
+
+Feed a lake sink from a pipeline of its own with a long `commit_interval_ms` (say 30 s): files then
+hold thousands of rows each, and `compact_lake` merges an hour's files into one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from affluent.core.errors import ConfigError, TerminalError
+from affluent.core.records import Record
+from affluent.core.sinks import Sink
+
+_PART = re.compile(r"^part-(\d{10})-[0-9a-zA-Z]+\.parquet$")
+COMMITS = "_commits"
+
+
+class LakeError(TerminalError):
+    pass
+
+
+def dataset_path(root: str | os.PathLike[str], dataset: str) -> Path:
+    if not dataset or "/" in dataset or dataset.startswith((".", "_")):
+        raise ConfigError(f"bad lake dataset name {dataset!r}")
+    return Path(root) / dataset
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_table(path: Path, table: pa.Table) -> None:
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+    pq.write_table(table, tmp, compression="zstd")
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _data_files(ds: Path) -> list[Path]:
+    return [p for p in ds.glob("date=*/hour=*/*.parquet") if _PART.match(p.name)]
+
+
+def _seq(p: Path) -> int:
+    m = _PART.match(p.name)
+    assert m is not None
+    return int(m.group(1))
+
+
+def _load_commits(ds: Path) -> tuple[int, dict[str, int]]:
+    """Last committed sequence number and last offset per 'topic:partition'."""
+    last = 0
+    offsets: dict[str, int] = {}
+    folder = ds / COMMITS
+    if not folder.exists():
+        return 0, {}
+    for marker in folder.glob("*.json"):
+        try:
+            doc = orjson.loads(marker.read_bytes())
+        except orjson.JSONDecodeError as exc:
+            raise LakeError(f"damaged lake commit marker {marker}: {exc}") from exc
+        last = max(last, int(doc["seq"]))
+        for k, v in doc.get("offsets", {}).items():
+            offsets[k] = max(offsets.get(k, -1), int(v))
+    return last, offsets
+
+
+def _recover(ds: Path) -> tuple[int, dict[str, int]]:
+    """Delete what a crashed flush or compaction left behind; return the committed position."""
+    last, offsets = _load_commits(ds)
+    for f in _data_files(ds):
+        if _seq(f) > last:
+            f.unlink(missing_ok=True)
+    for tmp in ds.glob("**/.tmp-*"):
+        tmp.unlink(missing_ok=True)
+    for marker in (ds / COMMITS).glob("compact-*.json") if (ds / COMMITS).exists() else ():
+        doc = orjson.loads(marker.read_bytes())
+        if (ds / doc["file"]).exists():  # the merged file made it: finish removing what it replaces
+            for old in doc["replaces"]:
+                (ds / old).unlink(missing_ok=True)
+        marker.unlink()
+    return last, offsets
+
+
+class ParquetLakeSink(Sink):
+    """Writes record values (dicts) as Parquet rows, partitioned by event date and hour.
+
+    row: record -> dict (default: the value); time_ms: record -> event time (default: its timestamp);
+    tz: the time zone of the date=/hour= folders; schema: a pyarrow schema (default: inferred per flush).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        dataset: str,
+        *,
+        name: str | None = None,
+        row: Callable[[Record], dict[str, Any]] | None = None,
+        time_ms: Callable[[Record], int] | None = None,
+        schema: pa.Schema | None = None,
+        tz: str = "UTC",
+    ) -> None:
+        self.root = Path(root)
+        self.dataset = dataset
+        self.path = dataset_path(root, dataset)
+        self.name = name or f"lake-{dataset}"
+        self.row = row
+        self.time_ms = time_ms
+        self.schema = schema
+        self.tz = ZoneInfo(tz)
+        self.seq = 0
+        self.offsets: dict[str, int] = {}
+        self._buffer: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._pending: dict[str, int] = {}
+        self.rows_written = 0
+        self.files_written = 0
+
+    def open(self) -> None:
+        (self.path / COMMITS).mkdir(parents=True, exist_ok=True)
+        self.seq, self.offsets = _recover(self.path)
+        self._buffer.clear()
+        self._pending.clear()
+
+    def _partition(self, ms: int) -> tuple[str, str]:
+        dt = datetime.fromtimestamp(ms / 1000, UTC).astimezone(self.tz)
+        return dt.strftime("%Y-%m-%d"), dt.strftime("%H")
+
+    def write(self, records: list[Record]) -> None:
+        for r in records:
+            tp = f"{r.topic}:{r.partition}"
+            if 0 <= r.offset <= self.offsets.get(tp, -1):
+                continue  # already in the lake: a replay after a crash
+            row = self.row(r) if self.row is not None else r.value
+            if not isinstance(row, dict):
+                raise ConfigError(f"lake {self.dataset!r} takes dict rows, got {type(row).__name__}")
+            ms = self.time_ms(r) if self.time_ms is not None else r.timestamp_ms
+            self._buffer.setdefault(self._partition(int(ms)), []).append(row)
+            if r.offset >= 0 and r.offset > self._pending.get(tp, -1):
+                self._pending[tp] = r.offset
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        seq = self.seq + 1
+        for (date, hour), rows in sorted(self._buffer.items()):
+            folder = self.path / f"date={date}" / f"hour={hour}"
+            folder.mkdir(parents=True, exist_ok=True)
+            table = pa.Table.from_pylist(rows, schema=self.schema)
+            _write_table(folder / f"part-{seq:010d}-{uuid.uuid4().hex[:8]}.parquet", table)
+            self.rows_written += len(rows)
+            self.files_written += 1
+        offsets = dict(self.offsets)
+        for k, v in self._pending.items():
+            offsets[k] = max(offsets.get(k, -1), v)
+        marker = {"seq": seq, "offsets": offsets, "rows": sum(len(r) for r in self._buffer.values())}
+        _atomic_write(self.path / COMMITS / f"{seq:010d}.json", orjson.dumps(marker))
+        self.seq, self.offsets = seq, offsets
+        self._buffer.clear()
+        self._pending.clear()
+
+    def close(self) -> None:
+        self.flush()
+
+
+def compact_lake(root: str | os.PathLike[str], dataset: str | None = None) -> dict[str, int]:
+    """Merge the files of each date/hour partition into one; returns counts of what was done."""
+    root = Path(root)
+    if not root.exists():
+        raise LakeError(f"no lake at {root}")
+    datasets = [dataset_path(root, dataset)] if dataset else [p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))]
+    stats = {"datasets": 0, "partitions_compacted": 0, "files_before": 0, "files_after": 0}
+    for ds in datasets:
+        if not ds.exists():
+            raise LakeError(f"no dataset {ds.name!r} in the lake at {root}")
+        last, offsets = _recover(ds)
+        stats["datasets"] += 1
+        groups: dict[Path, list[Path]] = {}
+        for f in _data_files(ds):
+            groups.setdefault(f.parent, []).append(f)
+        for folder, files in sorted(groups.items()):
+            stats["files_before"] += len(files)
+            if len(files) < 2:
+                stats["files_after"] += len(files)
+                continue
+            files.sort(key=_seq)
+            tables = [pq.read_table(f) for f in files]
+            merged = pa.concat_tables(tables, promote_options="permissive")
+            name = f"part-{_seq(files[-1]):010d}-c{uuid.uuid4().hex[:8]}.parquet"
+            marker = ds / COMMITS / f"compact-{uuid.uuid4().hex}.json"
+            _atomic_write(marker, orjson.dumps({"file": str((folder / name).relative_to(ds)),
+                                                "replaces": [str(f.relative_to(ds)) for f in files]}))
+            _write_table(folder / name, merged)
+            for f in files:
+                f.unlink()
+            marker.unlink()
+            stats["partitions_compacted"] += 1
+            stats["files_after"] += 1
+        # fold the flush markers into one, keeping the committed position
+        commits = sorted((ds / COMMITS).glob("[0-9]*.json"))
+        if len(commits) > 1:
+            _atomic_write(ds / COMMITS / f"{last:010d}.json", orjson.dumps({"seq": last, "offsets": offsets, "folded": len(commits)}))
+            for c in commits:
+                if c.name != f"{last:010d}.json":
+                    c.unlink()
+    return stats
