@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from affluent.core.errors import ConfigError
-from affluent.core.records import Headers, Record, RecordBatch
+from affluent.core.records import DecodeFailure, Headers, Record, RecordBatch, ValueDecoder, dumps
 
 DAY_MS = 86_400_000
 VALUE_FORMATS = ("json", "text", "bytes")
@@ -187,6 +187,15 @@ class Log(ABC):
     def read(self, topic: str, partition: int, offset: int, *, max_records: int = 10_000) -> list[RecordBatch]:
         """Batches from `offset` on, at most about `max_records` records; [] at the end of the log."""
 
+    def iter_batches(
+        self, topic: str, partition: int, offset: int, *, max_records: int = 10_000, decoder: ValueDecoder | None = None
+    ) -> Iterator[RecordBatch]:
+        """Like `read`, but decodes lazily, a small batch at a time (into `decoder`'s types if given)."""
+        for b in self.read(topic, partition, offset, max_records=max_records):
+            if decoder is not None:
+                b = _redecode(b, decoder)
+            yield b
+
     def iter_records(self, topic: str, partition: int, offset: int = 0, *, max_records: int | None = None) -> Iterator[Record]:
         seen = 0
         while True:
@@ -248,3 +257,18 @@ def open_log(url: str, **options: Any) -> Log:
     if url.startswith("kafka://"):
         raise ConfigError("the Kafka log backend is not available in this version of affluent")
     raise ConfigError(f"unknown log URL {url!r}: use sqlite:///path or kafka://host:port")
+
+
+def _redecode(batch: RecordBatch, decoder: ValueDecoder) -> RecordBatch:
+    """Turn a batch of decoded JSON values into the decoder's types (backends without a typed fast path)."""
+    import msgspec
+
+    values: list[Any] = []
+    failures = list(batch.failures)
+    for i, v in enumerate(batch.values):
+        try:
+            values.append(msgspec.convert(v, decoder.schema))
+        except msgspec.ValidationError as exc:
+            values.append(None)
+            failures.append(DecodeFailure(i, dumps(v), f"does not match the schema: {exc}"))
+    return RecordBatch(batch.topic, batch.partition, batch.base_offset, batch.keys, values, batch.timestamps, batch.headers, failures)

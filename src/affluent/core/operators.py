@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from affluent.core.errors import PipelineError
+from affluent.core.expr import evaluate
 from affluent.core.log import StateChange
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ class Batch:
     keys: list[Any]
     values: list[Any]
     timestamps: list[int]
-    offsets: list[int]
+    offsets: Sequence[int]  # source offsets (a range straight from the log), -1 for derived records
 
     def __len__(self) -> int:
         return len(self.values)
@@ -93,7 +94,7 @@ def apply_each(fn: Fn, batch: Batch, ctx: TaskContext, step: str) -> tuple[list[
     Returns the results and a keep-mask (None when every record succeeded).
     """
     try:
-        return list(map(fn, batch.values)), None
+        return evaluate(fn, batch.values), None
     except Exception:
         pass
     out: list[Any] = []
@@ -219,7 +220,7 @@ class WithTimestamp(Node):
 
     def process(self, batch: Batch, ctx: TaskContext) -> None:
         times, keep = apply_each(self.fn, batch, ctx, self.name)
-        if keep is None and not all(type(t) is int for t in times):
+        if keep is None and set(map(type, times)) - {int}:
             keep = [type(t) is int for t in times]
             for i, ok in enumerate(keep):
                 if not ok:

@@ -17,6 +17,7 @@ from typing import Any
 from affluent.core.aggregates import Aggregate, as_aggregate
 from affluent.core.errors import PipelineError
 from affluent.core.log import TopicConfig
+from affluent.core.records import ValueDecoder
 from affluent.core.operators import (
     Batch,
     BatchMap,
@@ -48,10 +49,12 @@ class TopicInput(Node):
 
     kind = "topic"
 
-    def __init__(self, topic: str, config: TopicConfig | None) -> None:
+    def __init__(self, topic: str, config: TopicConfig | None, schema: Any = None) -> None:
         super().__init__(topic)
         self.topic = topic
         self.config = config
+        self.schema = schema
+        self.decoder = ValueDecoder(schema) if schema is not None else None
 
     def process(self, batch: Batch, ctx: TaskContext) -> None:
         self.emit(batch, ctx)
@@ -108,11 +111,17 @@ class Pipeline:
         return name
 
     # -- inputs -------------------------------------------------------------------------------------------
-    def topic(self, name: str, *, config: TopicConfig | None = None) -> Stream:
-        """Read a topic; it is created with `config` if it does not exist yet."""
+    def topic(self, name: str, *, config: TopicConfig | None = None, schema: Any = None) -> Stream:
+        """Read a topic; it is created with `config` if it does not exist yet.
+
+        schema: a msgspec Struct type: values are decoded straight into it, reading only its fields;
+        a value that does not match goes to the dead-letter topic with the reason.
+        """
         node = self.inputs.get(name)
         if node is None:
-            node = self.inputs[name] = TopicInput(name, config)
+            node = self.inputs[name] = TopicInput(name, config, schema)
+        elif schema is not None and node.schema is not schema:
+            raise PipelineError(f"topic {name!r} is already read with another schema in pipeline {self.name!r}")
         return Stream(self, node)
 
     def source(self, source: Source, *, topic: str, config: TopicConfig | None = None, key: Fn | None = None) -> Stream:

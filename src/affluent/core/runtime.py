@@ -33,6 +33,7 @@ from affluent.core.log import Checkpoint, Log, OutgoingBatch, StateChange, Topic
 from affluent.core.metrics import METRICS, Metrics
 from affluent.core.operators import Batch
 from affluent.core.pipeline import Pipeline, SourceBinding
+from affluent.core.records import dumps
 
 log = logging.getLogger("affluent.runtime")
 
@@ -46,10 +47,17 @@ def now_ms() -> int:
 
 def _jsonable(value: Any) -> Any:
     try:
-        orjson.dumps(value)
-        return value
+        return orjson.loads(dumps(value))
     except TypeError:
         return repr(value)
+
+
+def _raw_text(raw: bytes) -> Any:
+    """A dead letter keeps the raw value: as JSON when it parses, as text otherwise."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.decode("utf-8", "replace")
 
 
 class TaskContext:
@@ -85,7 +93,7 @@ class TaskContext:
             "topic": self.topic,
             "partition": self.partition,
             "offset": offset,
-            "value": _jsonable(value) if raw is None else raw.decode("utf-8", "replace"),
+            "value": _jsonable(value) if raw is None else _raw_text(raw),
             "failed_at_ms": self.now_wall_ms,
         }
         self.checkpoint.output(f"{self.pipeline}.dlq").extend([None], [doc], [timestamp_ms or self.now_wall_ms])
@@ -212,15 +220,12 @@ class PipelineTask:
         total = 0
         budget = self.pipeline.max_poll_records
         for (topic, part), pos in self.positions.items():
-            batches = self.log.read(topic, part, pos, max_records=budget)
-            if not batches:
-                continue
             root = self.pipeline.inputs[topic]
             ctx.topic, ctx.partition = topic, part
-            for rb in batches:
+            before = pos
+            for rb in self.log.iter_batches(topic, part, pos, max_records=budget, decoder=root.decoder):
                 n = len(rb)
-                offsets = list(range(rb.base_offset, rb.base_offset + n))
-                batch = Batch(rb.keys, rb.values, rb.timestamps, offsets)
+                batch = Batch(rb.keys, rb.values, rb.timestamps, range(rb.base_offset, rb.base_offset + n))
                 if rb.failures:
                     bad = set()
                     for f in rb.failures:
@@ -230,14 +235,36 @@ class PipelineTask:
                 root.process(batch, ctx)
                 pos = rb.next_offset
                 total += n
-            self.positions[(topic, part)] = pos
-            self._dirty_offsets.add((topic, part))
+            if pos != before:
+                self.positions[(topic, part)] = pos
+                self._dirty_offsets.add((topic, part))
         if total:
             self.records_in += total
             self._uncommitted += total
             self.metrics.inc("affluent_records_in_total", total, pipeline=self.pipeline.name)
         for node in self.pipeline.stateful_nodes():
             node.tick(ctx, ctx.now_wall_ms)
+        return total
+
+    def finish(self) -> None:
+        """Treat the input as ended: close every open window, then commit."""
+        for node in self.pipeline.stateful_nodes():
+            close_all = getattr(node, "close_all", None)
+            if close_all is not None:
+                close_all(self.ctx)
+        self.commit()
+
+    def drain(self) -> int:
+        """Process everything the input topics hold now, committing as it goes; returns records read."""
+        total = 0
+        while True:
+            n = self.poll_once()
+            total += n
+            if now_ms() - self.last_commit_wall >= self.pipeline.commit_interval_ms:
+                self.commit()
+            if n == 0:
+                break
+        self.commit()
         return total
 
     def commit(self) -> None:

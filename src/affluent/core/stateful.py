@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from affluent.core.runtime import TaskContext
 
 MIN_TIME = -(1 << 62)
+MAX_TIME = 1 << 62
 _WM_KEY = b"\x00wm"
 
 
@@ -31,12 +32,16 @@ def _hashable(x: Any) -> Any:
 
 
 class _WindowPartition:
-    __slots__ = ("by_start", "dirty", "last_data_wall", "last_tick_wall", "sessions", "touched", "wins", "wm", "wm_dirty")
+    __slots__ = ("by_start", "dirty", "last_data_wall", "last_tick_wall", "pending", "pending_min", "sessions", "touched", "wins", "wm",
+                 "wm_dirty")
 
     def __init__(self, now_wall_ms: int) -> None:
         self.wins: dict[tuple[Any, int], Any] = {}
         self.by_start: dict[int, set[Any]] = {}
         self.sessions: dict[Any, list[list[Any]]] = {}
+        # counts not yet folded into `wins` (the Count fast path folds once per many batches)
+        self.pending: Counter[tuple[Any, int]] = Counter()
+        self.pending_min = MAX_TIME
         self.wm = MIN_TIME
         self.wm_dirty = False
         self.dirty: set[Any] = set()
@@ -78,10 +83,25 @@ class WindowOp(Node):
                 part.by_start.setdefault(start, set()).add(key)
         self.parts[partition] = part
 
+    def _fold_pending(self, part: _WindowPartition) -> None:
+        wins, by_start, dirty, touched = part.wins, part.by_start, part.dirty, part.touched
+        for ks, n in part.pending.items():
+            acc = wins.get(ks)
+            if acc is None:
+                by_start.setdefault(ks[1], set()).add(ks[0])
+                acc = 0
+            wins[ks] = acc + n
+            dirty.add(ks)
+            touched.add(ks)
+        part.pending.clear()
+        part.pending_min = MAX_TIME
+
     def state_changes(self) -> list[StateChange]:
         out: list[StateChange] = []
         dumps = orjson.dumps
         for p, part in self.parts.items():
+            if part.pending:
+                self._fold_pending(part)
             if not (part.dirty or part.wm_dirty):
                 continue
             if isinstance(self.window, SessionWindow):
@@ -171,14 +191,10 @@ class WindowOp(Node):
             size = w.size_ms
             starts = [t - t % size for t in ts]
             if self._count_fast:
-                for ks, n in Counter(zip(keys, starts)).items():
-                    acc = wins.get(ks)
-                    if acc is None:
-                        by_start.setdefault(ks[1], set()).add(ks[0])
-                        acc = 0
-                    wins[ks] = acc + n
-                    dirty.add(ks)
-                    touched.add(ks)
+                part.pending.update(zip(keys, starts))
+                lo = min(starts)
+                if lo < part.pending_min:
+                    part.pending_min = lo
                 return
             pairs = zip(keys, starts, values, ts, batch.offsets, strict=True)
             self._fold(part, ((k, s, v, t, o) for k, s, v, t, o in pairs), ctx)
@@ -251,6 +267,8 @@ class WindowOp(Node):
         return out
 
     def _after(self, part: _WindowPartition, ctx: TaskContext) -> None:
+        if self.emit_mode == "update" and part.pending:
+            self._fold_pending(part)
         if self.emit_mode == "update" and part.touched:
             self._emit_updates(part, ctx)
         part.touched.clear()
@@ -278,6 +296,8 @@ class WindowOp(Node):
         self.emit(Batch(keys, values, times, [-1] * len(keys)), ctx)
 
     def _close(self, part: _WindowPartition, ctx: TaskContext) -> None:
+        if part.pending and part.pending_min <= part.wm - self.window.grace_ms - getattr(self.window, "size_ms", 0):
+            self._fold_pending(part)
         wm = part.wm
         grace = self.window.grace_ms
         keys: list[Any] = []
@@ -314,6 +334,14 @@ class WindowOp(Node):
                         times.append(start + size - 1)
         if keys:
             self.emit(Batch(keys, values, times, [-1] * len(keys)), ctx)
+
+    def close_all(self, ctx: TaskContext) -> None:
+        """End of a bounded input: the watermark jumps to the end of time and every window closes."""
+        for p, part in self.parts.items():
+            part.wm = MAX_TIME
+            part.wm_dirty = True
+            with ctx.at_partition(p):
+                self._close(part, ctx)
 
     def tick(self, ctx: TaskContext, now_wall_ms: int) -> None:
         """Advance idle partitions' watermarks with the wall clock and close what is due."""
