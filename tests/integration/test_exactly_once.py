@@ -1,0 +1,106 @@
+"""Exactly-once under SIGKILL: kill the pipeline process at random moments, restart it, compare."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from affluent.core.sqlite_log import SQLiteLog
+from affluent.testing import read_topic
+
+WORKER = Path(__file__).with_name("eo_worker.py")
+sys.path.insert(0, str(WORKER.parent))
+import eo_worker  # noqa: E402
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+
+
+def _start(db: Path, chunk: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, str(WORKER), str(db), str(chunk)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _outputs(db: Path) -> dict[str, Any]:
+    log = SQLiteLog(db)
+    try:
+        windows = sorted((r.key, r.value["start_ms"], r.value["n"], r.value["total"], r.value["top"]) for r in read_topic(log, "eo.windows"))
+        late = sorted((r.value["value"]["id"], r.value["offset"]) for r in read_topic(log, "eo.late"))
+        dlq = sorted((r.value["value"]["id"], r.value["step"], r.value["error_type"], r.value["offset"]) for r in read_topic(log, "eo.dlq"))
+        inputs = [r.value["id"] for r in read_topic(log, "eo.events")]
+    finally:
+        log.close()
+    return {"windows": windows, "late": late, "dlq": dlq, "inputs": inputs}
+
+
+def _reference() -> dict[str, Any]:
+    """The same computation in plain Python, record by record."""
+    events = [eo_worker.event(i) for i in range(eo_worker.N_EVENTS)]
+    seen: set[str] = set()
+    wm = -(1 << 62)
+    wins: dict[tuple[str, int], list[int]] = {}
+    late, dlq = [], []
+    for offset, e in enumerate(events):
+        if e["id"] in seen:
+            continue
+        seen.add(e["id"])
+        try:
+            amount = int(e["amount"])
+        except ValueError:
+            dlq.append((e["id"], "parse-amount", "ValueError", offset))
+            continue
+        t = e["t"]
+        start = t - t % 1000
+        if t <= wm and start + 1000 + 500 <= wm:
+            late.append((e["id"], offset))
+            continue
+        wm = max(wm, t)
+        acc = wins.setdefault((e["key"], start), [0, 0, 0])
+        acc[0] += 1
+        acc[1] += amount
+        acc[2] = max(acc[2], amount)
+    windows = sorted((k, s, n, total, top) for (k, s), (n, total, top) in wins.items())
+    return {"windows": windows, "late": sorted(late), "dlq": sorted(dlq), "inputs": [e["id"] for e in events]}
+
+
+def test_uninterrupted_run_matches_plain_python(tmp_path: Path) -> None:
+    db = tmp_path / "clean.db"
+    proc = _start(db, 97)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read().decode() if proc.stderr else ""
+    got, want = _outputs(db), _reference()
+    assert got == want
+    assert len(want["late"]) > 10 and len(want["dlq"]) > 5 and len(want["windows"]) > 1000
+
+
+def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "killed.db"
+    rnd = random.Random(20261123)
+    kills = 0
+    finished = False
+    started = time.monotonic()
+    while not finished:
+        assert time.monotonic() - started < 240, f"did not finish after {kills} kills"
+        proc = _start(db, rnd.choice([61, 97, 150]))
+        if kills < 25:
+            time.sleep(rnd.uniform(0.15, 0.6))
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                continue
+        code = proc.wait(timeout=120)
+        assert code == 0, proc.stderr.read().decode() if proc.stderr else ""
+        finished = True
+    assert kills >= 20
+    got, want = _outputs(db), _reference()
+    assert Counter(got["inputs"]) == Counter(want["inputs"]), "the source appended a record twice or lost one"
+    assert got["windows"] == want["windows"]
+    assert got["late"] == want["late"]
+    assert got["dlq"] == want["dlq"]
