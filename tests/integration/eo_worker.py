@@ -82,6 +82,7 @@ def main() -> int:
     task = PipelineTask(p, log, metrics=metrics)
     task.open()
     done = False
+    loops = 0
     while True:
         if not done:
             _, done = source.poll_once()
@@ -89,7 +90,9 @@ def main() -> int:
         task.commit()
         if done and n == 0:
             break
-        time.sleep(0.02)  # slow enough to be killed at many different points
+        loops += 1
+        print(loops, flush=True)  # progress, so that the test can kill at any stage of a run
+        time.sleep(0.002)
     task.finish()
     task.close()
     log.close()

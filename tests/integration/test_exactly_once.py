@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSI
 
 
 def _start(db: Path, chunk: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, str(WORKER), str(db), str(chunk)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen([sys.executable, str(WORKER), str(db), str(chunk)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _outputs(db: Path) -> dict[str, Any]:
@@ -89,12 +89,18 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path: Path) -> 
         assert time.monotonic() - started < 240, f"did not finish after {kills} kills"
         proc = _start(db, rnd.choice([61, 97, 150]))
         if kills < 25:
-            time.sleep(rnd.uniform(0.15, 0.6))
+            # kill after a random number of committed rounds, then a random bit more: mid-batch or mid-commit
+            assert proc.stdout is not None
+            for _ in range(rnd.randrange(0, 8)):
+                if not proc.stdout.readline():
+                    break
+            time.sleep(rnd.uniform(0, 0.02))
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
                 kills += 1
                 continue
+        proc.stdout.read() if proc.stdout else None
         code = proc.wait(timeout=120)
         assert code == 0, proc.stderr.read().decode() if proc.stderr else ""
         finished = True

@@ -49,9 +49,10 @@ def _status_table(rt: Runtime, started: float) -> RichTable:
 def run_pipelines(pipelines: list[Pipeline], *, duration_s: float | None = None, quiet: bool = False) -> None:
     """Run pipelines in this process, with a live status table, until Ctrl+C or `duration_s`."""
     try:
-        rt = Runtime(open_configured_log())
+        log = open_configured_log()
     except AffluentError as exc:
         fail(exc)
+    rt = Runtime(log)
     for p in pipelines:
         rt.add(p)
     rt.start()
@@ -69,8 +70,8 @@ def run_pipelines(pipelines: list[Pipeline], *, duration_s: float | None = None,
         pass
     finally:
         rt.stop()
-    for exc in rt.errors:
-        console.print(f"[red]stopped with an error:[/] {exc}")
+    for err in rt.errors:
+        console.print(f"[red]stopped with an error:[/] {err}")
     if rt.errors:
         raise typer.Exit(1)
 

@@ -69,7 +69,8 @@ class Expr:
         return id(self)
 
     def isin(self, options: Container[Any]) -> Expr:
-        return Apply(set(options).__contains__ if not isinstance(options, set | frozenset) else options.__contains__, self)
+        members = options if isinstance(options, set | frozenset) else set(options)  # type: ignore[call-overload]
+        return Apply(members.__contains__, self)
 
     def lookup(self, mapping: Mapping[Any, Any]) -> Expr:
         """Map through a dict; a missing key raises KeyError (the record is dead-lettered)."""

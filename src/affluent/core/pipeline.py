@@ -17,7 +17,6 @@ from typing import Any
 from affluent.core.aggregates import Aggregate, as_aggregate
 from affluent.core.errors import PipelineError
 from affluent.core.log import TopicConfig
-from affluent.core.records import ValueDecoder
 from affluent.core.operators import (
     Batch,
     BatchMap,
@@ -35,6 +34,7 @@ from affluent.core.operators import (
     Validate,
     WithTimestamp,
 )
+from affluent.core.records import ValueDecoder
 from affluent.core.sinks import Sink
 from affluent.core.sources import Source
 from affluent.core.stateful import Dedupe, Enrich, Table, WindowOp

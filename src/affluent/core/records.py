@@ -327,7 +327,7 @@ def decode_chunks(
 
 def raw_values(blob: bytes) -> list[bytes]:
     """The stored bytes of each value, undecoded."""
-    _, flags, count, _, keys_len, headers_len = _HEADER.unpack_from(blob)
+    _, _, count, _, keys_len, headers_len = _HEADER.unpack_from(blob)
     body = memoryview(blob)[_HEADER.size :]
     lengths = array("I")
     lengths.frombytes(body[8 * count : 12 * count])

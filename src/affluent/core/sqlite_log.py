@@ -245,6 +245,7 @@ class SQLiteLog(Log):
             return {}
         topic_id, config = self._topic(topic, conn)
         raw = batch.values if batch.raw else encode_values(batch.values)
+        groups: dict[int, Sequence[int]]
         if config.partitions == 1 or partition is not None:
             p = partition or 0
             if p >= config.partitions or p < 0:

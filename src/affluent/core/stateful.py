@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from itertools import compress
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -184,14 +185,12 @@ class WindowOp(Node):
 
     def _add_windows(self, part: _WindowPartition, batch: Batch, ctx: TaskContext) -> None:
         w = self.window
-        wins, by_start = part.wins, part.by_start
-        touched, dirty = part.touched, part.dirty
         keys, values, ts = batch.keys, batch.values, batch.timestamps
         if isinstance(w, TumblingWindow):
             size = w.size_ms
             starts = [t - t % size for t in ts]
             if self._count_fast:
-                part.pending.update(zip(keys, starts))
+                part.pending.update(zip(keys, starts, strict=True))
                 lo = min(starts)
                 if lo < part.pending_min:
                     part.pending_min = lo
@@ -412,16 +411,21 @@ class Dedupe(Node):
         if p not in self.seen:
             self.open_partition(p, {}, ctx.now_wall_ms)
         seen, dirty = self.seen[p], self.dirty[p]
-        if self.key_fn is None:
-            keys: list[Any] = batch.keys
-            ok = None
-        else:
+        if self.key_fn is not None:
             keys, ok = apply_each(self.key_fn, batch, ctx, self.name)
+            batch = Batch(keys, batch.values, batch.timestamps, batch.offsets)
+            if ok is not None:  # records whose key failed are dead letters already
+                batch = batch.select(ok)
+        keys = batch.keys
         if self.version_fn is None:
             versions: list[Any] = [None] * len(batch)
         else:
             versions, okv = apply_each(self.version_fn, batch, ctx, self.name)
-            ok = okv if ok is None else [a and b for a, b in zip(ok, okv, strict=True)]
+            if okv is not None:
+                batch = batch.select(okv)
+                versions = list(compress(versions, okv))
+                keys = batch.keys
+        ok = None
         ttl = self.ttl_ms
         keep = []
         wm = self.wm[p]
