@@ -100,6 +100,36 @@ class AdEvent(msgspec.Struct):
     event_time: int
 
 
+def run_bytewax(events: list[bytes], ads: dict[str, str]) -> tuple[float, dict[tuple[str, int], int]] | None:
+    """The same query in Bytewax (a peer), over the same events held in memory; None if not installed."""
+    try:
+        import bytewax.operators as op
+        import bytewax.operators.windowing as win
+        from bytewax.dataflow import Dataflow
+        from bytewax.operators.windowing import EventClock, TumblingWindower
+        from bytewax.testing import TestingSink, TestingSource, run_main
+    except ImportError:
+        return None
+    from datetime import UTC, datetime, timedelta
+
+    out: list[tuple[str, tuple[int, int]]] = []
+    flow = Dataflow("ysb")
+    parsed = op.map("parse", op.input("in", flow, TestingSource(events, batch_size=1000)), orjson.loads)
+    views = op.filter("views", parsed, lambda e: e["event_type"] == "view")
+    clock = EventClock(lambda e: datetime.fromtimestamp(e["event_time"] / 1000, UTC), wait_for_system_duration=timedelta(seconds=2.5))
+    windower = TumblingWindower(length=timedelta(milliseconds=WINDOW_MS), align_to=datetime(2020, 1, 1, tzinfo=UTC))
+    counts = win.count_window("count", views, clock, windower, key=lambda e: ads[e["ad_id"]])
+    op.output("out", op.map("flat", counts.down, lambda kv: (kv[0], kv[1])), TestingSink(out))
+    t0 = time.perf_counter()
+    run_main(flow)
+    elapsed = time.perf_counter() - t0
+    align = int(datetime(2020, 1, 1, tzinfo=UTC).timestamp() * 1000)
+    result: dict[tuple[str, int], int] = {}
+    for campaign, (window_id, n) in out:
+        result[(campaign, align + window_id * WINDOW_MS)] = result.get((campaign, align + window_id * WINDOW_MS), 0) + n
+    return elapsed, result
+
+
 def ysb_pipeline(ads: dict[str, str], *, typed: bool = True, name: str = "ysb") -> Pipeline:
     p = Pipeline(name, commit_interval_ms=200, max_poll_records=50_000)
     (
@@ -173,6 +203,7 @@ def main() -> int:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
+    peer = run_bytewax(events, ads)
     n = len(events)
     eps = {k: n / min(v) for k, v in results.items()}
     print(f"results equal: {len(reference):,} campaign windows, {sum(reference.values()):,} views counted (best of {args.repeat})")
@@ -180,6 +211,11 @@ def main() -> int:
     print(f"affluent query, typed events (msgspec Struct)   {eps['typed']:12,.0f} events/s   {eps['typed'] / eps['plain']:5.2f}x plain")
     print(f"affluent query, schemaless dicts (orjson)       {eps['dicts']:12,.0f} events/s   {eps['dicts'] / eps['plain']:5.2f}x plain")
     print(f"  (query = read the durable log -> filter -> campaign -> 10 s window -> committed output; {checkpoints} exactly-once checkpoints)")
+    if peer is None:
+        print("Bytewax (peer)                                  not installed: pip install bytewax")
+    else:
+        same = "same counts" if peer[1] == reference else "OTHER COUNTS"
+        print(f"Bytewax 0.21 (peer, in-memory input, no log)    {n / peer[0]:12,.0f} events/s   {n / peer[0] / eps['plain']:5.2f}x plain, {same}")
     print(f"affluent ingest (append to the durable log)     {eps['ingest']:12,.0f} events/s")
     print(f"affluent end to end, typed (ingest + query)     {n / (min(results['ingest']) + min(results['typed'])):12,.0f} events/s")
     return 0
