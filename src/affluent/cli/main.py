@@ -55,21 +55,12 @@ def run_pipelines(pipelines: list[Pipeline], *, duration_s: float | None = None,
     rt = Runtime(log)
     for p in pipelines:
         rt.add(p)
-    rt.start()
     started = time.monotonic()
-    try:
-        if quiet:
-            while rt.alive() and (duration_s is None or time.monotonic() - started < duration_s):
-                time.sleep(0.2)
-        else:
-            with Live(_status_table(rt, started), console=console, refresh_per_second=2) as live:
-                while rt.alive() and (duration_s is None or time.monotonic() - started < duration_s):
-                    time.sleep(0.5)
-                    live.update(_status_table(rt, started))
-    except KeyboardInterrupt:
-        pass
-    finally:
-        rt.stop()
+    if quiet:
+        rt.run(timeout_s=duration_s)
+    else:
+        with Live(_status_table(rt, started), console=console, refresh_per_second=2) as live:
+            rt.run(timeout_s=duration_s, on_tick=lambda r: live.update(_status_table(r, started)))
     for err in rt.errors:
         console.print(f"[red]stopped with an error:[/] {err}")
     if rt.errors:

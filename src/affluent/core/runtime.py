@@ -463,8 +463,8 @@ class Runtime:
     def alive(self) -> bool:
         return any(t.is_alive() for t in self.threads)
 
-    def run(self, *, timeout_s: float | None = None) -> None:
-        """Start, then block until Ctrl+C, `timeout_s`, or every task has ended."""
+    def run(self, *, timeout_s: float | None = None, on_tick: Callable[[Runtime], None] | None = None, tick_s: float = 0.5) -> None:
+        """Start, then block until Ctrl+C, `timeout_s`, or every task has ended; enforces retention meanwhile."""
         self.start()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         next_retention = time.monotonic() + self.retention_interval_s
@@ -473,10 +473,16 @@ class Runtime:
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 if time.monotonic() >= next_retention:
-                    with contextlib.suppress(AffluentError):
-                        self.log.enforce_retention()
+                    try:
+                        dropped = self.log.enforce_retention()
+                        if dropped:
+                            log.info("retention dropped %d old records", dropped)
+                    except AffluentError as exc:
+                        log.warning("retention: %s", exc)
                     next_retention = time.monotonic() + self.retention_interval_s
-                self.stop_event.wait(0.2)
+                if on_tick is not None:
+                    on_tick(self)
+                self.stop_event.wait(tick_s)
         except KeyboardInterrupt:
             pass
         finally:
