@@ -33,15 +33,40 @@ class StockSettings(BaseModel):
     seed: int | None = None
     period_s: float = 2.0
     stores: int = 3
+    #: the stores' local time zone: seasons of restock requests, hours and days of the analysis
     timezone: str = "Europe/Paris"
     #: "simulator" or an MQTT URL such as mqtt://127.0.0.1:1883
     source: str = "simulator"
+    #: simulated clock: 1 = real pace, N = N times faster, "inf" = as fast as possible
+    speed: float = 1.0
+    #: simulated period, ISO dates or datetimes (start default: now, or 7 days ago when accelerated)
+    start: str | None = None
+    end: str | None = None
+    mqtt_topic: str = "wh/+/+/stock-sensor/+/telemetry"
+    #: reading ids remembered per device to drop MQTT QoS 1 redeliveries
+    redelivery_window: int = 64
+    #: the lake pipeline commits (writes Parquet files) this often
+    lake_commit_s: float = 30.0
 
 
 class BikesSettings(BaseModel):
+    #: a GBFS discovery URL (gbfs.json), or a System ID of `affluent bikes systems`
     feed: str = "https://gbfs.partners.fifteen.eu/gbfs/2.2/brest/en/gbfs.json"
+    #: never poll a feed file faster than this, whatever its ttl
     min_poll_s: float = 30.0
     timeout_s: float = 10.0
+    #: at startup, how long to wait for the feed before replaying the bundled recording instead
+    probe_timeout_s: float = 3.0
+    #: replay the bundled VéloZef recording when the feed cannot be reached at startup
+    fallback_to_recording: bool = True
+    #: pace of the recording when replayed: 1 = real pace, N = N times faster
+    replay_speed: float = 1.0
+    #: preferred feed language for v1/v2 systems (default: en, else the first listed)
+    language: str | None = None
+    #: day boundaries of `affluent analyze bikes` when system_information gives no time zone
+    timezone: str = "Europe/Paris"
+    #: the lake pipeline commits (writes Parquet files) this often
+    lake_commit_s: float = 30.0
 
 
 class FranceTravailSettings(BaseModel):

@@ -8,6 +8,7 @@ changes and its input offsets in one transaction.
 
 from __future__ import annotations
 
+import re
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
@@ -41,6 +42,8 @@ class TopicConfig:
             raise ConfigError(f"value_format must be one of {VALUE_FORMATS}, not {self.value_format!r}")
         if self.retention_ms is not None and self.retention_ms <= 0:
             raise ConfigError("retention_ms must be positive, or None to keep everything")
+        if self.retention_bytes is not None and self.retention_bytes <= 0:
+            raise ConfigError("retention_bytes must be positive, or None for no size limit")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,8 +95,10 @@ class OutgoingBatch:
     values: list[Any] = field(default_factory=list)
     timestamps: list[int] = field(default_factory=list)
     headers: list[Headers | None] | None = None
-    # Values already serialised (bytes), appended as they are: faster, validated on read.
+    # Values already serialised (bytes), appended as they are.
     raw: bool = False
+    # Raw values known to be valid JSON (affluent encoded them): the log need not check them.
+    checked: bool = False
 
     def __len__(self) -> int:
         return len(self.values)
@@ -139,13 +144,23 @@ class Checkpoint:
     state: list[StateChange] = field(default_factory=list)
 
     def output(self, topic: str) -> OutgoingBatch:
+        """The batch of serialised values (bytes, valid JSON) bound for `topic`."""
         out = self.appends.get(topic)
         if out is None:
-            out = self.appends[topic] = OutgoingBatch()
+            out = self.appends[topic] = OutgoingBatch(raw=True, checked=True)
         return out
 
     def is_empty(self) -> bool:
         return not (any(len(b) for b in self.appends.values()) or self.offsets or self.state)
+
+
+TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def check_topic_name(name: str) -> None:
+    """Names every backend accepts (Kafka's rule), so a pipeline runs unchanged on both scales."""
+    if not isinstance(name, str) or not TOPIC_NAME.match(name) or name in (".", ".."):
+        raise ConfigError(f"bad topic name {name!r}: use 1 to 249 of A-Z a-z 0-9 . _ - (not '.' or '..')")
 
 
 def partition_for(key: str | None, partitions: int, fallback: int = 0) -> int:

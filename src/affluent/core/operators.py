@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import compress
+from itertools import compress, islice
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from affluent.core.errors import PipelineError
-from affluent.core.expr import evaluate
+from affluent.core.expr import Expr
 from affluent.core.log import StateChange
+from affluent.core.records import dumps, encode_values
 
 if TYPE_CHECKING:
     from affluent.core.runtime import TaskContext
@@ -89,24 +90,33 @@ class Node:
 
 
 def apply_each(fn: Fn, batch: Batch, ctx: TaskContext, step: str) -> tuple[list[Any], list[bool] | None]:
-    """fn over every value; on any error, again one by one, dead-lettering the failures.
+    """fn over every value, once each; a value it raises on is dead-lettered and the rest go on.
 
     Returns the results and a keep-mask (None when every record succeeded).
     """
-    try:
-        return evaluate(fn, batch.values), None
-    except Exception:
-        pass
-    out: list[Any] = []
-    keep: list[bool] = []
-    for i, v in enumerate(batch.values):
+    values = batch.values
+    if isinstance(fn, Expr):
         try:
-            out.append(fn(v))
-            keep.append(True)
+            return fn.evaluate(values), None
+        except Exception:
+            pass  # expressions are pure: evaluate again one by one to find the bad records
+    out: list[Any] = []
+    keep: list[bool] | None = None
+    start = 0
+    n = len(values)
+    while start < n:
+        try:
+            # extend keeps what map produced before an exception, so each value is seen once
+            out.extend(map(fn, islice(values, start, None)))
+            break
         except Exception as exc:
-            ctx.dead_letter(step, v, batch.offsets[i], exc, timestamp_ms=batch.timestamps[i])
+            i = len(out)
+            if keep is None:
+                keep = [True] * n
+            keep[i] = False
             out.append(None)
-            keep.append(False)
+            ctx.dead_letter(step, values[i], batch.offsets[i], exc, timestamp_ms=batch.timestamps[i])
+            start = i + 1
     return out, keep
 
 
@@ -220,20 +230,25 @@ class WithTimestamp(Node):
 
     def process(self, batch: Batch, ctx: TaskContext) -> None:
         times, keep = apply_each(self.fn, batch, ctx, self.name)
-        if keep is None and set(map(type, times)) - {int}:
-            keep = [type(t) is int for t in times]
-            for i, ok in enumerate(keep):
-                if not ok:
-                    ctx.dead_letter(
-                        self.name, batch.values[i], batch.offsets[i],
-                        TypeError(f"event time must be int epoch ms, got {times[i]!r}"),
-                    )
+        if set(map(type, times)) - {int}:
+            if keep is None:
+                keep = [True] * len(times)
+            for i, t in enumerate(times):
+                if keep[i] and type(t) is not int:
+                    keep[i] = False
+                    ctx.dead_letter(self.name, batch.values[i], batch.offsets[i],
+                                    TypeError(f"event time must be int epoch ms, got {t!r}"), timestamp_ms=batch.timestamps[i])
         b = Batch(batch.keys, batch.values, times, batch.offsets)
         self.emit(b if keep is None else b.select(keep), ctx)
 
 
 class Validate(Node):
-    """Dead-letters values that a check rejects: a function that raises, or a pydantic model."""
+    """Dead-letters the values a check rejects.
+
+    check: a pydantic model (the value becomes the model's validated, normalised form), or a function
+    that raises or returns False to reject; returning None or True passes the value unchanged, and
+    returning anything else passes that instead (a normalised value).
+    """
 
     kind = "validate"
 
@@ -243,12 +258,17 @@ class Validate(Node):
         if validate is not None:
             self.fn: Fn = lambda v: validate(v).model_dump(mode="json")
         else:
-            self.fn = check
+            def run(v: Any) -> Any:
+                got = check(v)
+                if got is False:
+                    raise ValueError(f"rejected by {getattr(check, '__name__', 'the check')}")
+                return v if got is None or got is True else got
+
+            self.fn = run
 
     def process(self, batch: Batch, ctx: TaskContext) -> None:
         out, keep = apply_each(self.fn, batch, ctx, self.name)
-        values = [o if o is not None else v for o, v in zip(out, batch.values, strict=True)]
-        b = Batch(batch.keys, values, batch.timestamps, batch.offsets)
+        b = Batch(batch.keys, out, batch.timestamps, batch.offsets)
         self.emit(b if keep is None else b.select(keep), ctx)
 
 
@@ -260,9 +280,16 @@ class Inspect(Node):
         self.fn = fn
 
     def process(self, batch: Batch, ctx: TaskContext) -> None:
-        for k, v, t in zip(batch.keys, batch.values, batch.timestamps, strict=True):
-            self.fn(k, v, t)
-        self.emit(batch, ctx)
+        keep: list[bool] | None = None
+        for i, (k, v, t) in enumerate(zip(batch.keys, batch.values, batch.timestamps, strict=True)):
+            try:
+                self.fn(k, v, t)
+            except Exception as exc:
+                if keep is None:
+                    keep = [True] * len(batch)
+                keep[i] = False
+                ctx.dead_letter(self.name, v, batch.offsets[i], exc, timestamp_ms=t)
+        self.emit(batch if keep is None else batch.select(keep), ctx)
 
 
 class Branch(Node):
@@ -318,7 +345,15 @@ class ToTopic(Node):
 
     def process(self, batch: Batch, ctx: TaskContext) -> None:
         keys = [k if k is None or type(k) is str else _key_str(k) for k in batch.keys]
-        ctx.checkpoint.output(self.topic).extend(keys, batch.values, batch.timestamps)
+        try:
+            raw = encode_values(batch.values)
+        except TypeError:  # find the values that cannot be serialised; they are dead letters, not a crash at commit
+            raw, keep = apply_each(dumps, batch, ctx, self.name)
+            if keep is not None:
+                raw = list(compress(raw, keep))
+                keys = list(compress(keys, keep))
+                batch = batch.select(keep)
+        ctx.checkpoint.output(self.topic).extend(keys, raw, batch.timestamps)
         ctx.count_out(self.topic, len(batch))
 
 

@@ -7,13 +7,14 @@ that per-record Python work happens only where user logic needs it.
 Blob layout (little endian), version 1::
 
     header   magic "AFB1" | flags u8 | pad 3 | count u32 | crc32 u32 | keys_len u32 | headers_len u32
+             flags: 1 keys, 2 headers, 4 split (values not all valid JSON)
     times    count × int64      event time, UTC epoch ms
     lengths  count × uint32     byte length of each encoded value
     keys     JSON array of str|null        (absent unless FLAG_KEYS)
     headers  JSON array of object|null     (absent unless FLAG_HEADERS)
     values   b"[" v0 b"," v1 ... b"]"      a JSON array when every value is JSON
 
-crc32 covers everything after the header. Values are kept as a JSON array so that a batch of JSON
+crc32 covers the header (but its own field) and everything after it. Values are kept as a JSON array so that a batch of JSON
 values decodes in one `orjson.loads` call; the lengths let a batch with one bad value fall back to
 decoding value by value, so that only that value is dead-lettered.
 """
@@ -34,6 +35,7 @@ from affluent.core.errors import LogCorruptError
 MAGIC = b"AFB1"
 FLAG_KEYS = 1
 FLAG_HEADERS = 2
+FLAG_SPLIT = 4  # values are not all valid JSON: decode them one by one
 _HEADER = struct.Struct("<4sB3xIIII")
 _EMPTY_ARRAY = b"[]"
 
@@ -160,12 +162,17 @@ def encode_batch(
     timestamps: Sequence[int],
     keys: Sequence[str | None] | None = None,
     headers: Sequence[Headers | None] | None = None,
+    *,
+    split: bool = False,
 ) -> bytes:
-    """Pack already-serialised values with their keys, times and headers into one blob."""
+    """Pack already-serialised values with their keys, times and headers into one blob.
+
+    split: the values are not all valid JSON, so readers must decode them one by one.
+    """
     count = len(raw_values)
     if len(timestamps) != count:
         raise ValueError("timestamps and values differ in length")
-    flags = 0
+    flags = FLAG_SPLIT if split else 0
     keys_blob = b""
     if keys is not None and any(k is not None for k in keys):
         flags |= FLAG_KEYS
@@ -176,23 +183,59 @@ def encode_batch(
         headers_blob = orjson.dumps(list(headers))
     times = array("q", timestamps)
     lengths = array("I", map(len, raw_values))
-    body = b"".join(
-        (
-            times.tobytes(),
-            lengths.tobytes(),
-            keys_blob,
-            headers_blob,
-            b"[",
-            b",".join(raw_values),
-            b"]",
-        )
-    )
-    head = _HEADER.pack(MAGIC, flags, count, zlib.crc32(body), len(keys_blob), len(headers_blob))
-    return head + body
+    body = b"".join((times.tobytes(), lengths.tobytes(), keys_blob, headers_blob, b"[", b",".join(raw_values), b"]"))
+    head = _HEADER.pack(MAGIC, flags, count, 0, len(keys_blob), len(headers_blob))
+    crc = zlib.crc32(body, zlib.crc32(head[16:], zlib.crc32(head[:12])))
+    return head[:12] + struct.pack("<I", crc) + head[16:] + body
 
 
 def batch_count(blob: bytes) -> int:
     return int(_HEADER.unpack_from(blob)[2])
+
+
+@dataclass(slots=True)
+class _Blob:
+    flags: int
+    count: int
+    times: list[int]
+    lengths: array[int]
+    keys: list[str | None] | None
+    headers: list[Headers | None] | None
+    values: memoryview
+
+
+def _open_blob(blob: bytes, where: str, verify: bool) -> _Blob:
+    """Check a stored batch and split it into its sections; LogCorruptError says what is wrong."""
+    if len(blob) < _HEADER.size:
+        raise LogCorruptError(f"{where}: truncated batch header ({len(blob)} bytes)")
+    magic, flags, count, crc, keys_len, headers_len = _HEADER.unpack_from(blob)
+    if magic != MAGIC:
+        raise LogCorruptError(f"{where}: bad magic {magic!r}")
+    view = memoryview(blob)
+    body = view[_HEADER.size :]
+    if verify and zlib.crc32(body, zlib.crc32(view[16:_HEADER.size], zlib.crc32(view[:12]))) != crc:
+        raise LogCorruptError(f"{where}: checksum mismatch, the stored batch is damaged")
+    fixed = 12 * count
+    if len(body) < fixed + keys_len + headers_len + 2:
+        raise LogCorruptError(f"{where}: batch shorter than its {count} records")
+    times = array("q")
+    times.frombytes(body[: 8 * count])
+    lengths = array("I")
+    lengths.frombytes(body[8 * count : fixed])
+    pos = fixed
+    try:
+        keys = orjson.loads(body[pos : pos + keys_len]) if flags & FLAG_KEYS else None
+        pos += keys_len
+        headers = orjson.loads(body[pos : pos + headers_len]) if flags & FLAG_HEADERS else None
+        pos += headers_len
+    except orjson.JSONDecodeError as exc:
+        raise LogCorruptError(f"{where}: damaged keys or headers ({exc})") from exc
+    values = body[pos:]
+    if len(values) != sum(lengths) + max(count - 1, 0) + 2:
+        raise LogCorruptError(f"{where}: values section does not match its {count} lengths")
+    if (keys is not None and len(keys) != count) or (headers is not None and len(headers) != count):
+        raise LogCorruptError(f"{where}: keys or headers do not match its {count} records")
+    return _Blob(flags, count, times.tolist(), lengths, keys, headers, values)
 
 
 def decode_batch(
@@ -205,50 +248,15 @@ def decode_batch(
     verify: bool = True,
 ) -> RecordBatch:
     """Unpack a blob made by `encode_batch`; JSON values are decoded in one call."""
-    where = f"topic {topic!r} partition {partition} batch at offset {base_offset}"
-    if len(blob) < _HEADER.size:
-        raise LogCorruptError(f"{where}: truncated batch header ({len(blob)} bytes)")
-    magic, flags, count, crc, keys_len, headers_len = _HEADER.unpack_from(blob)
-    if magic != MAGIC:
-        raise LogCorruptError(f"{where}: bad magic {magic!r}")
-    body = memoryview(blob)[_HEADER.size :]
-    if verify and zlib.crc32(body) != crc:
-        raise LogCorruptError(f"{where}: checksum mismatch, the stored batch is damaged")
-    pos = 0
-    times = array("q")
-    times.frombytes(body[pos : pos + 8 * count])
-    pos += 8 * count
-    lengths = array("I")
-    lengths.frombytes(body[pos : pos + 4 * count])
-    pos += 4 * count
-    if len(times) != count or len(lengths) != count:
-        raise LogCorruptError(f"{where}: batch shorter than its {count} records")
-    keys: list[str | None]
-    if flags & FLAG_KEYS:
-        keys = orjson.loads(body[pos : pos + keys_len])
-        pos += keys_len
-    else:
-        keys = [None] * count
-    headers = None
-    if flags & FLAG_HEADERS:
-        headers = orjson.loads(body[pos : pos + headers_len])
-        pos += headers_len
-    values_blob = body[pos:]
-    expected = sum(lengths) + max(count - 1, 0) + 2
-    if len(values_blob) != expected:
-        raise LogCorruptError(f"{where}: values section has {len(values_blob)} bytes, expected {expected}")
+    b = _open_blob(blob, f"topic {topic!r} partition {partition} batch at offset {base_offset}", verify)
     failures: list[DecodeFailure] = []
     if value_format == "json":
-        try:
-            values = orjson.loads(values_blob)
-            if len(values) != count:
-                raise ValueError("element count differs")
-        except (orjson.JSONDecodeError, ValueError):
-            values, failures = _decode_each(values_blob, lengths)
+        values, failures = _decode_section(b.values, b.lengths, None, b.flags & FLAG_SPLIT != 0)
     else:
-        raw = _split(values_blob, lengths)
+        raw = _split(b.values, b.lengths)
         values = [r.decode("utf-8", "replace") for r in raw] if value_format == "text" else raw
-    return RecordBatch(topic, partition, base_offset, keys, values, times.tolist(), headers, failures)
+    keys: list[str | None] = b.keys if b.keys is not None else [None] * b.count
+    return RecordBatch(topic, partition, base_offset, keys, values, b.times, b.headers, failures)
 
 
 def decode_chunks(
@@ -272,57 +280,39 @@ def decode_chunks(
         yield decode_batch(blob, topic=topic, partition=partition, base_offset=base_offset,
                            value_format=value_format, verify=verify).tail_from(start_offset or base_offset)
         return
-    where = f"topic {topic!r} partition {partition} batch at offset {base_offset}"
-    if len(blob) < _HEADER.size:
-        raise LogCorruptError(f"{where}: truncated batch header ({len(blob)} bytes)")
-    magic, flags, count, crc, keys_len, headers_len = _HEADER.unpack_from(blob)
-    if magic != MAGIC:
-        raise LogCorruptError(f"{where}: bad magic {magic!r}")
-    body = memoryview(blob)[_HEADER.size :]
-    if verify and zlib.crc32(body) != crc:
-        raise LogCorruptError(f"{where}: checksum mismatch, the stored batch is damaged")
-    times = array("q")
-    times.frombytes(body[: 8 * count])
-    lengths = array("I")
-    lengths.frombytes(body[8 * count : 12 * count])
-    if len(times) != count or len(lengths) != count:
-        raise LogCorruptError(f"{where}: batch shorter than its {count} records")
-    pos = 12 * count
-    all_keys: list[str | None] | None = None
-    if flags & FLAG_KEYS:
-        all_keys = orjson.loads(body[pos : pos + keys_len])
-        pos += keys_len
-    all_headers = None
-    if flags & FLAG_HEADERS:
-        all_headers = orjson.loads(body[pos : pos + headers_len])
-        pos += headers_len
-    values_blob = body[pos:]
-    if len(values_blob) != sum(lengths) + max(count - 1, 0) + 2:
-        raise LogCorruptError(f"{where}: values section does not match its {count} lengths")
-    ts = times.tolist()
+    b = _open_blob(blob, f"topic {topic!r} partition {partition} batch at offset {base_offset}", verify)
+    count, lengths, values_blob = b.count, b.lengths, b.values
     first = max(0, (start_offset or base_offset) - base_offset)
+    split = b.flags & FLAG_SPLIT != 0
     # byte position of value i: 1 for "[", the values before it and their commas
     start = 1 + sum(lengths[:first]) + first
-    loads = decoder.decode_many if decoder is not None else orjson.loads
     for i in range(first, count, chunk):
         j = min(i + chunk, count)
         end = start + sum(lengths[i:j]) + (j - i - 1)
         section = b"".join((b"[", values_blob[start:end], b"]"))
         start = end + 1
-        failures: list[DecodeFailure] = []
-        try:
-            values = loads(section)
-            if len(values) != j - i:
-                raise ValueError("element count differs")
-        except ValueError:  # orjson's and msgspec's decode errors are ValueErrors
-            values, failures = _decode_each(section, lengths[i:j], decoder.decode_one if decoder is not None else None)
+        values, failures = _decode_section(section, lengths[i:j], decoder, split)
         yield RecordBatch(
             topic, partition, base_offset + i,
-            all_keys[i:j] if all_keys is not None else [None] * (j - i),
-            values, ts[i:j],
-            all_headers[i:j] if all_headers is not None else None,
+            b.keys[i:j] if b.keys is not None else [None] * (j - i),
+            values, b.times[i:j],
+            b.headers[i:j] if b.headers is not None else None,
             failures,
         )
+
+
+def _decode_section(
+    section: memoryview | bytes, lengths: array[int], decoder: ValueDecoder | None, split: bool
+) -> tuple[list[Any], list[DecodeFailure]]:
+    """Decode a JSON array of values in one call, or value by value when that is not safe or fails."""
+    if not split:
+        try:
+            values = decoder.decode_many(bytes(section)) if decoder is not None else orjson.loads(section)
+            if len(values) == len(lengths):
+                return values, []
+        except ValueError:  # orjson's and msgspec's decode errors are ValueErrors
+            pass
+    return _decode_each(section, lengths, decoder.decode_one if decoder is not None else None)
 
 
 def raw_values(blob: bytes) -> list[bytes]:

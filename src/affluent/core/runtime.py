@@ -33,11 +33,15 @@ from affluent.core.log import Checkpoint, Log, OutgoingBatch, StateChange, Topic
 from affluent.core.metrics import METRICS, Metrics
 from affluent.core.operators import Batch
 from affluent.core.pipeline import Pipeline, SourceBinding
-from affluent.core.records import dumps
+from affluent.core.records import Record, RecordBatch, dumps, encode_values
+from affluent.core.sources import SourcePoll
+from affluent.core.stateful import Table
 
 log = logging.getLogger("affluent.runtime")
 
 DEFAULT_LOG_URL = "sqlite:///.affluent/affluent.db"
+#: an idle pipeline still commits (an empty checkpoint) this often, to renew its lease
+LEASE_RENEW_MS = 2_000
 _POSITION = b"position"
 
 
@@ -96,7 +100,7 @@ class TaskContext:
             "value": _jsonable(value) if raw is None else _raw_text(raw),
             "failed_at_ms": self.now_wall_ms,
         }
-        self.checkpoint.output(f"{self.pipeline}.dlq").extend([None], [doc], [timestamp_ms or self.now_wall_ms])
+        self.checkpoint.output(f"{self.pipeline}.dlq").extend([None], [dumps(doc)], [timestamp_ms or self.now_wall_ms])
         self.dead_letters += 1
         self.metrics.inc("affluent_dead_letters_total", pipeline=self.pipeline, step=step)
         log.warning("dead letter in %s/%s from %s[%d]@%d: %s", self.pipeline, step, self.topic, self.partition, offset, reason)
@@ -108,7 +112,7 @@ class TaskContext:
             {"step": step, "topic": self.topic, "partition": self.partition, "offset": o, "timestamp_ms": t, "value": _jsonable(v)}
             for v, t, o in zip(batch.values, batch.timestamps, batch.offsets, strict=True)
         ]
-        out.extend([k if k is None or type(k) is str else str(k) for k in batch.keys], docs, batch.timestamps)
+        out.extend([k if k is None or type(k) is str else str(k) for k in batch.keys], [dumps(d) for d in docs], batch.timestamps)
 
     def count_late(self, step: str, n: int) -> None:
         self.metrics.inc("affluent_late_records_total", n, pipeline=self.pipeline, step=step)
@@ -204,12 +208,28 @@ class PipelineTask:
                 if not batches:
                     break
                 for b in batches:
-                    for t in tables:
-                        t.apply(b.keys, b.values)
+                    self._apply_table_batch(tables, b)
                     pos = b.next_offset
                     n += len(b)
             self.table_positions[(topic, part)] = pos
         return n
+
+    def _apply_table_batch(self, tables: list[Table], b: RecordBatch) -> None:
+        ctx = self.ctx
+        with ctx.at_partition(b.partition, b.topic):
+            bad = {f.index for f in b.failures}
+            for f in b.failures:
+                ctx.dead_letter(f"{b.topic}.decode", None, b.base_offset + f.index, f.error, timestamp_ms=b.timestamps[f.index], raw=f.raw)
+            keys, values = b.keys, b.values
+            if bad:
+                idx = [i for i in range(len(b)) if i not in bad]
+                keys, values = [keys[i] for i in idx], [values[i] for i in idx]
+                offsets = [b.base_offset + i for i in idx]
+            else:
+                offsets = list(range(b.base_offset, b.next_offset))
+            for t in tables:
+                for i, exc in t.apply(keys, values):
+                    ctx.dead_letter(t.name, values[i], offsets[i], exc)
 
     def poll_once(self) -> int:
         """Read and process one round of batches; returns how many records were read."""
@@ -274,8 +294,8 @@ class PipelineTask:
             changes.extend(node.state_changes())
         cp.state = changes
         cp.offsets = {tp: self.positions[tp] for tp in self._dirty_offsets}
-        if cp.is_empty():
-            return
+        if cp.is_empty() and now_ms() - self.last_commit_wall < LEASE_RENEW_MS:
+            return  # nothing to commit, and the lease is fresh enough
         for sink in self.pipeline.sinks:
             sink.flush()
         self.log.commit_checkpoint(cp)
@@ -328,8 +348,12 @@ class PipelineTask:
 class SourceTask:
     """Polls one source and appends what it returns, saving its position in the same transaction."""
 
-    def __init__(self, binding: SourceBinding, log_: Log, *, metrics: Metrics | None = None, max_backoff_s: float = 60.0) -> None:
+    def __init__(
+        self, binding: SourceBinding, log_: Log, *, metrics: Metrics | None = None, max_backoff_s: float = 60.0, dlq_topic: str | None = None
+    ) -> None:
         self.binding = binding
+        self.dlq_topic = dlq_topic or f"{binding.topic}.dlq"
+        self._pending: tuple[Checkpoint, SourcePoll] | None = None
         self.log = log_
         self.metrics = metrics or METRICS
         self.store = f"source.{binding.source.name}"
@@ -343,35 +367,83 @@ class SourceTask:
         b = self.binding
         if not self.log.topic_exists(b.topic):
             self.log.create_topic(b.topic, b.config or TopicConfig())
+        if not self.log.topic_exists(self.dlq_topic):
+            self.log.create_topic(self.dlq_topic, TopicConfig(retention_ms=30 * 86_400_000))
         saved = self.log.load_state(self.store, 0).get(_POSITION)
         b.source.open(orjson.loads(saved) if saved is not None else None)
         self.status = "running"
 
     def poll_once(self) -> tuple[float, bool]:
-        """One poll and its commit; returns (seconds to wait, done)."""
+        """One poll and its commit; returns (seconds to wait, done).
+
+        When the commit fails (a busy or full disk), the poll's records are kept and the next call
+        commits them before polling again: the source has moved past them already.
+        """
         src, b = self.binding.source, self.binding
-        result = src.poll()
-        self.polls += 1
-        cp = Checkpoint(group=self.store)
-        if result.records:
-            now = now_ms()
-            out = OutgoingBatch()
-            key = b.key
-            for r in result.records:
-                out.keys.append(key(r.value) if key is not None else r.key)
-                out.values.append(r.value)
-                out.timestamps.append(r.timestamp_ms or now)
-            cp.appends[b.topic] = out
-        if result.position is not None:
-            cp.state.append(StateChange(self.store, 0, _POSITION, orjson.dumps(result.position)))
+        if self._pending is None:
+            result = src.poll()
+            self.polls += 1
+            self._pending = (self._checkpoint(result), result)
+        cp, result = self._pending
         if not cp.is_empty():
             self.log.commit_checkpoint(cp)
-        n = len(result.records)
+        self._pending = None
+        src.committed(result.position)
+        n = len(cp.appends[b.topic]) if b.topic in cp.appends else 0
         self.records_out += n
         if n:
             self.metrics.inc("affluent_source_records_total", n, source=src.name)
         self.metrics.set("affluent_source_last_poll_ms", now_ms(), source=src.name)
         return result.wait_s, result.done
+
+    def _checkpoint(self, result: SourcePoll) -> Checkpoint:
+        b = self.binding
+        cp = Checkpoint(group=self.store)
+        if result.records:
+            now = now_ms()
+            out = OutgoingBatch(headers=[] if any(r.headers for r in result.records) else None)
+            key = b.key
+            for r in result.records:
+                k = r.key
+                if key is not None:
+                    try:
+                        k = key(r.value)
+                    except Exception as exc:  # one bad record: a dead letter, the others go on
+                        self._dead_letter(cp, r, exc)
+                        continue
+                out.keys.append(k if k is None or type(k) is str else str(k))
+                out.values.append(r.value)
+                out.timestamps.append(r.timestamp_ms or now)
+                if out.headers is not None:
+                    out.headers.append(r.headers)
+            try:
+                encoded = OutgoingBatch(out.keys, encode_values(out.values), out.timestamps, out.headers, raw=True, checked=True)
+            except TypeError:
+                encoded = OutgoingBatch(headers=[] if out.headers is not None else None, raw=True, checked=True)
+                for i, v in enumerate(out.values):
+                    try:
+                        raw = dumps(v)
+                    except TypeError as exc:
+                        self._dead_letter(cp, Record(value=repr(v), key=out.keys[i], timestamp_ms=out.timestamps[i]), exc)
+                        continue
+                    encoded.keys.append(out.keys[i])
+                    encoded.values.append(raw)
+                    encoded.timestamps.append(out.timestamps[i])
+                    if encoded.headers is not None and out.headers is not None:
+                        encoded.headers.append(out.headers[i])
+            if len(encoded):
+                cp.appends[b.topic] = encoded
+        if result.position is not None:
+            cp.state.append(StateChange(self.store, 0, _POSITION, dumps(result.position)))
+        return cp
+
+    def _dead_letter(self, cp: Checkpoint, r: Record, exc: BaseException) -> None:
+        src = self.binding.source.name
+        doc = {"source": src, "step": f"{src}.key", "error": f"{type(exc).__name__}: {exc}", "error_type": type(exc).__name__,
+               "topic": self.binding.topic, "partition": None, "offset": None, "value": _jsonable(r.value), "failed_at_ms": now_ms()}
+        cp.output(self.dlq_topic).extend([None], [dumps(doc)], [r.timestamp_ms or now_ms()])
+        self.metrics.inc("affluent_dead_letters_total", pipeline=self.dlq_topic.removesuffix(".dlq"), step=f"{src}.key")
+        log.warning("dead letter from source %s: %s: %s", src, type(exc).__name__, exc)
 
     def run(self, stop: threading.Event) -> None:
         src = self.binding.source
@@ -435,7 +507,7 @@ class Runtime:
     def start(self) -> Runtime:
         for p in self.pipelines:
             for b in p.sources:
-                st = SourceTask(b, self.log, metrics=self.metrics)
+                st = SourceTask(b, self.log, metrics=self.metrics, dlq_topic=p.dlq_topic)
                 self.source_tasks.append(st)
                 self._spawn(f"source-{b.source.name}", st.run, self.stop_event)
             if p.inputs:

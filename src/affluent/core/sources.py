@@ -45,6 +45,9 @@ class Source(ABC):
     def poll(self) -> SourcePoll:
         """Fetch what is new. May raise TransientError (retried) or TerminalError (the source stops)."""
 
+    def committed(self, position: Any | None) -> None:  # noqa: B027 - optional hook
+        """The records of the last poll, and `position`, are now durable: acknowledge them upstream."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and files."""
 

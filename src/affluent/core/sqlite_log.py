@@ -9,6 +9,7 @@ enforce that one pipeline runs in one process at a time.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import socket
 import sqlite3
@@ -38,6 +39,7 @@ from affluent.core.log import (
     PartitionInfo,
     TopicConfig,
     TopicInfo,
+    check_topic_name,
     partition_for,
 )
 from affluent.core.records import Record, RecordBatch, ValueDecoder, decode_batch, decode_chunks, encode_batch, encode_values
@@ -183,8 +185,7 @@ class SQLiteLog(Log):
         return hit
 
     def create_topic(self, name: str, config: TopicConfig | None = None, *, exist_ok: bool = True) -> TopicInfo:
-        if not name or any(c.isspace() for c in name) or len(name) > 249:
-            raise ConfigError(f"bad topic name {name!r}: use 1 to 249 characters without spaces")
+        check_topic_name(name)
         config = config or TopicConfig()
         with self._write(f"creating topic {name!r} in") as conn:
             row = conn.execute("SELECT id FROM topics WHERE name=?", (name,)).fetchone()
@@ -244,7 +245,9 @@ class SQLiteLog(Log):
         if not len(batch):
             return {}
         topic_id, config = self._topic(topic, conn)
-        raw = batch.values if batch.raw else encode_values(batch.values)
+        if conn.execute("SELECT 1 FROM partitions WHERE topic_id=? LIMIT 1", (topic_id,)).fetchone() is None:
+            topic_id, config = self._topic(topic, conn, refresh=True)  # deleted, maybe recreated, by another client
+        raw, split = _serialise(topic, config.value_format, batch)
         groups: dict[int, Sequence[int]]
         if config.partitions == 1 or partition is not None:
             p = partition or 0
@@ -260,8 +263,7 @@ class SQLiteLog(Log):
         now = _now_ms()
         for p, idx in groups.items():
             row = conn.execute("SELECT end_offset FROM partitions WHERE topic_id=? AND partition=?", (topic_id, p)).fetchone()
-            if row is None:  # deleted by another process since we cached it
-                self._topic(topic, conn, refresh=True)
+            if row is None:
                 raise UnknownTopicError(topic)
             first = offset = row[0]
             whole = isinstance(idx, range) and len(idx) == len(raw)
@@ -271,7 +273,7 @@ class SQLiteLog(Log):
             hdrs = batch.headers if (whole or batch.headers is None) else [batch.headers[i] for i in idx]
             rows = []
             for start, stop in _chunks(vals):
-                blob = encode_batch(vals[start:stop], times[start:stop], keys[start:stop], hdrs[start:stop] if hdrs else None)
+                blob = encode_batch(vals[start:stop], times[start:stop], keys[start:stop], hdrs[start:stop] if hdrs else None, split=split)
                 ts = times[start:stop]
                 rows.append((topic_id, p, offset, stop - start, min(ts), max(ts), now, len(blob), blob))
                 offset += stop - start
@@ -296,7 +298,11 @@ class SQLiteLog(Log):
                 "ORDER BY base_offset",
                 (topic_id, partition, topic_id, partition, offset),
             )
-            for base, count, blob in cur:
+            rows = cur.fetchmany(1)
+            if not rows and self._topic_moved(topic, topic_id):
+                cur.close()
+                return self.read(topic, partition, offset, max_records=max_records)
+            for base, count, blob in itertools.chain(rows, cur):
                 if base + count <= offset:
                     continue
                 b = decode_batch(blob, topic=topic, partition=partition, base_offset=base, value_format=config.value_format)
@@ -322,16 +328,23 @@ class SQLiteLog(Log):
                     "ORDER BY base_offset LIMIT 1",
                     (topic_id, partition, topic_id, partition, offset),
                 ).fetchone()
-            if row is None:
+            if row is None or base_end(row) <= offset:
+                if seen == 0 and self._topic_moved(topic, topic_id):
+                    yield from self.iter_batches(topic, partition, offset, max_records=max_records, decoder=decoder)
                 return
             base, count, blob = row
-            if base + count <= offset:
-                return
             for b in decode_chunks(blob, topic=topic, partition=partition, base_offset=base, start_offset=offset,
                                    value_format=config.value_format, decoder=decoder):
                 yield b
                 seen += len(b)
             offset = base + count
+
+    def _topic_moved(self, topic: str, topic_id: int) -> bool:
+        """True when another client deleted and recreated `topic` since we cached its id."""
+        try:
+            return self._topic(topic, refresh=True)[0] != topic_id
+        except UnknownTopicError:
+            return False
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         conn = self._conn()
@@ -435,8 +448,9 @@ class SQLiteLog(Log):
             with self._write("enforcing retention in") as conn:
                 for p in range(config.partitions):
                     doomed: list[tuple[int, int]] = []
+                    aged: list[tuple[int, int]] = []
                     if config.retention_ms is not None:
-                        doomed += conn.execute(
+                        aged = conn.execute(
                             "SELECT id, count FROM batches WHERE topic_id=? AND partition=? AND append_ms < ?",
                             (topic_id, p, now - config.retention_ms),
                         ).fetchall()
@@ -449,7 +463,13 @@ class SQLiteLog(Log):
                             total += size
                             if total > config.retention_bytes:
                                 doomed.append((bid, count))
-                    ids = {bid: count for bid, count in doomed}
+                    # size retention keeps the newest batch, like Kafka's active segment: a consumer may not have read it yet
+                    newest = conn.execute(
+                        "SELECT id FROM batches WHERE topic_id=? AND partition=? ORDER BY base_offset DESC LIMIT 1", (topic_id, p)
+                    ).fetchone()
+                    ids = {bid: count for bid, count in doomed if newest is None or bid != newest[0]}
+                    for bid, count in aged:
+                        ids[bid] = count
                     if not ids:
                         continue
                     conn.executemany("DELETE FROM batches WHERE id=?", [(i,) for i in ids])
@@ -461,6 +481,36 @@ class SQLiteLog(Log):
                         (topic_id, p, topic_id, p),
                     )
         return dropped
+
+
+def base_end(row: tuple[int, int, bytes]) -> int:
+    return row[0] + row[1]
+
+
+def _serialise(topic: str, value_format: str, batch: OutgoingBatch) -> tuple[list[bytes], bool]:
+    """Values as stored bytes, and whether some are not valid JSON (then readers decode one by one)."""
+    values = batch.values
+    if value_format == "json":
+        if not batch.raw:
+            return encode_values(values), False
+        if batch.checked:
+            return list(values), False
+        loads = orjson.loads
+        try:
+            for v in values:
+                loads(v)
+            return list(values), False
+        except orjson.JSONDecodeError:
+            return list(values), True  # kept as sent: readers dead-letter the bad ones with the reason
+    out: list[bytes] = []
+    for v in values:
+        if isinstance(v, bytes | bytearray | memoryview):
+            out.append(bytes(v))
+        elif isinstance(v, str) and value_format == "text":
+            out.append(v.encode())
+        else:
+            raise ConfigError(f"topic {topic!r} holds {value_format} values, not {type(v).__name__}")
+    return out, False
 
 
 def _chunks(values: Sequence[bytes]) -> Iterator[tuple[int, int]]:

@@ -412,33 +412,36 @@ class Dedupe(Node):
             self.open_partition(p, {}, ctx.now_wall_ms)
         seen, dirty = self.seen[p], self.dirty[p]
         if self.key_fn is not None:
-            keys, ok = apply_each(self.key_fn, batch, ctx, self.name)
-            batch = Batch(keys, batch.values, batch.timestamps, batch.offsets)
+            ids, ok = apply_each(self.key_fn, batch, ctx, self.name)
             if ok is not None:  # records whose key failed are dead letters already
-                batch = batch.select(ok)
-        keys = batch.keys
+                batch, ids = batch.select(ok), list(compress(ids, ok))
+        else:
+            ids = batch.keys
         if self.version_fn is None:
             versions: list[Any] = [None] * len(batch)
         else:
             versions, okv = apply_each(self.version_fn, batch, ctx, self.name)
             if okv is not None:
-                batch = batch.select(okv)
-                versions = list(compress(versions, okv))
-                keys = batch.keys
-        ok = None
+                batch, ids, versions = batch.select(okv), list(compress(ids, okv)), list(compress(versions, okv))
         ttl = self.ttl_ms
-        keep = []
+        keep: list[bool] = []
         wm = self.wm[p]
-        for i, (k, ver, t) in enumerate(zip(keys, versions, batch.timestamps, strict=True)):
-            if ok is not None and not ok[i]:
-                keep.append(False)
-                continue
+        for i, (k, ver, t) in enumerate(zip(ids, versions, batch.timestamps, strict=True)):
             k = _hashable(k)
             prev = seen.get(k)
-            fresh = prev is None or (ttl is not None and prev[1] <= t) or (ver is not None and (prev[0] is None or ver > prev[0]))
+            expires = t + ttl if ttl is not None else None
+            try:
+                fresh = prev is None or (ttl is not None and prev[1] <= t) or (ver is not None and (prev[0] is None or ver > prev[0]))
+            except TypeError as exc:  # a version of another type than before (a schema change)
+                ctx.dead_letter(self.name, batch.values[i], batch.offsets[i], exc, timestamp_ms=t)
+                keep.append(False)
+                continue
             keep.append(fresh)
             if fresh:
-                seen[k] = [ver, t + ttl if ttl is not None else None]
+                seen[k] = [ver, expires]
+                dirty.add(k)
+            elif expires is not None and prev is not None and expires > prev[1]:
+                prev[1] = expires  # forgotten ttl_ms after it was last seen, not last passed
                 dirty.add(k)
             if t > wm:
                 wm = t
@@ -467,13 +470,15 @@ class Table:
         self.rows: dict[Any, Any] = {}
         self.positions: dict[int, int] = {}
 
-    def apply(self, keys: list[Any], values: list[Any]) -> int:
-        changed = 0
-        for k, v in zip(keys, values, strict=True):
+    def apply(self, keys: list[Any], values: list[Any]) -> list[tuple[int, Exception]]:
+        """Apply rows (a None value deletes its key); returns the rows that failed, with why."""
+        failed: list[tuple[int, Exception]] = []
+        for i, (k, v) in enumerate(zip(keys, values, strict=True)):
             try:
-                key = self.key_fn(v) if self.key_fn else k
+                key = _hashable(self.key_fn(v)) if self.key_fn else k
                 row = self.value_fn(v) if self.value_fn else v
-            except Exception:
+            except Exception as exc:  # a malformed row is a dead letter; the key's old row stays
+                failed.append((i, exc))
                 continue
             if key is None:
                 continue
@@ -481,8 +486,7 @@ class Table:
                 self.rows.pop(key, None)
             else:
                 self.rows[key] = row
-            changed += 1
-        return changed
+        return failed
 
     def get(self, key: Any, default: Any = None) -> Any:
         return self.rows.get(key, default)

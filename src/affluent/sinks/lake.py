@@ -142,6 +142,7 @@ class ParquetLakeSink(Sink):
         self._pending: dict[str, int] = {}
         self.rows_written = 0
         self.files_written = 0
+        self._quarters: dict[int, tuple[str, str]] = {}
 
     def open(self) -> None:
         (self.path / COMMITS).mkdir(parents=True, exist_ok=True)
@@ -150,8 +151,15 @@ class ParquetLakeSink(Sink):
         self._pending.clear()
 
     def _partition(self, ms: int) -> tuple[str, str]:
-        dt = datetime.fromtimestamp(ms / 1000, UTC).astimezone(self.tz)
-        return dt.strftime("%Y-%m-%d"), dt.strftime("%H")
+        # every zone offset is a whole number of quarter hours: one conversion per quarter hour of event time
+        quarter = ms // 900_000
+        hit = self._quarters.get(quarter)
+        if hit is None:
+            dt = datetime.fromtimestamp(quarter * 900, UTC).astimezone(self.tz)
+            hit = self._quarters[quarter] = (dt.strftime("%Y-%m-%d"), dt.strftime("%H"))
+            if len(self._quarters) > 4096:
+                self._quarters.clear()
+        return hit
 
     def write(self, records: list[Record]) -> None:
         for r in records:

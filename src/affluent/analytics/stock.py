@@ -1,0 +1,219 @@
+"""The stock questions, defined once, answered by DuckDB (or Spark) over lake dataset `stock_readings`.
+
+StockNow's four questions and its bonus, fixed where its answers misled:
+
+1. Are there more alerts on weekends or on weekdays? Counts, and alerts per day, since a week has
+   five weekdays for two weekend days; days are the local dates that have readings.
+2. Which five products raise the most alerts?
+3. At which five hours of the day are there the most alerts, in the stores' time zone (not UTC)?
+4. Average stock per product: mean quantity, mean threshold, number of readings.
+5. Hourly trend: per local hour, mean quantity and number of distinct products.
+
+The SQL is the subset DuckDB and Spark SQL share; the two expressions they spell differently (the
+local time of an epoch-ms column, and "is a weekend day") come from a `Dialect`. Time bounds and the
+time zone are checked values rendered into the SQL, so no engine-specific parameter syntax is needed.
+
+>>> qs = stock_questions(DUCKDB, "Europe/Paris", since_ms=0, until_ms=86_400_000)
+>>> [q.name for q in qs]
+['summary', 'weekend_vs_weekday', 'top_products', 'top_hours', 'stock_per_product', 'hourly_trend']
+>>> "ts_ms >= 0 AND ts_ms < 86400000" in qs[0].sql
+True
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from affluent.analytics.base import Question
+from affluent.core.errors import ConfigError
+
+DATASET = "stock_readings"
+TOP_N = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """How an engine spells what the shared SQL subset lacks."""
+
+    name: str
+    #: the local timestamp of column ts_ms (UTC epoch ms) in time zone {tz}
+    local_ts: str
+    #: true for Saturday and Sunday, for timestamp expression {t}
+    is_weekend: str
+
+
+DUCKDB = Dialect("duckdb", "timezone('{tz}', timezone('UTC', epoch_ms(ts_ms)))", "isodow({t}) >= 6")
+# Spark: with spark.sql.session.timeZone = UTC, timestamp_millis is the UTC wall clock
+SPARK = Dialect("spark", "from_utc_timestamp(timestamp_millis(ts_ms), '{tz}')", "dayofweek({t}) IN (1, 7)")
+DIALECTS = {d.name: d for d in (DUCKDB, SPARK)}
+
+_SQL: dict[str, tuple[str, str]] = {
+    "summary": (
+        "Readings in range",
+        """SELECT count(*) AS readings, sum(CASE WHEN alert THEN 1 ELSE 0 END) AS alerts,
+       min(ts_ms) AS first_ms, max(ts_ms) AS last_ms, count(DISTINCT store_id) AS stores
+FROM {dataset} WHERE {where}""",
+    ),
+    "weekend_vs_weekday": (
+        "Are there more alerts on weekends or on weekdays?",
+        """SELECT part, count(DISTINCT day) AS days, sum(CASE WHEN alert THEN 1 ELSE 0 END) AS alerts, count(*) AS readings
+FROM (SELECT CASE WHEN {weekend} THEN 'weekend' ELSE 'weekday' END AS part, CAST({local} AS DATE) AS day, alert
+      FROM {dataset} WHERE {where}) r
+GROUP BY part""",
+    ),
+    "top_products": (
+        "Which products raise the most alerts?",
+        """SELECT product_id, count(*) AS alerts FROM {dataset} WHERE {where} AND alert
+GROUP BY product_id ORDER BY alerts DESC, product_id LIMIT {top}""",
+    ),
+    "top_hours": (
+        "At which hours of the day (local time) are there the most alerts?",
+        """SELECT hour, count(*) AS alerts
+FROM (SELECT hour({local}) AS hour FROM {dataset} WHERE {where} AND alert) r
+GROUP BY hour ORDER BY alerts DESC, hour LIMIT {top}""",
+    ),
+    "stock_per_product": (
+        "What is the average stock level per product?",
+        """SELECT product_id, avg(quantity) AS mean_quantity, avg(threshold) AS mean_threshold, count(*) AS readings
+FROM {dataset} WHERE {where} GROUP BY product_id ORDER BY product_id""",
+    ),
+    "hourly_trend": (
+        "How does stock evolve, hour by hour (local time)?",
+        """SELECT hour, avg(quantity) AS mean_quantity, count(DISTINCT product_id) AS products, count(*) AS readings
+FROM (SELECT date_trunc('hour', {local}) AS hour, quantity, product_id FROM {dataset} WHERE {where}) r
+GROUP BY hour ORDER BY hour""",
+    ),
+}
+QUESTION_NAMES = tuple(_SQL)
+
+
+def check_tz(tz: str) -> ZoneInfo:
+    if not re.fullmatch(r"[A-Za-z0-9_+\-/]+", tz):
+        raise ConfigError(f"bad time zone name {tz!r}")
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(f"unknown time zone {tz!r} (e.g. Europe/Paris)") from exc
+
+
+def stock_questions(dialect: Dialect, tz: str, *, since_ms: int | None = None, until_ms: int | None = None) -> list[Question]:
+    """The questions rendered for one engine, over readings with since_ms <= ts_ms < until_ms."""
+    check_tz(tz)
+    conds = []
+    if since_ms is not None:
+        conds.append(f"ts_ms >= {int(since_ms)}")
+    if until_ms is not None:
+        conds.append(f"ts_ms < {int(until_ms)}")
+    where = " AND ".join(conds) or "TRUE"
+    local = dialect.local_ts.format(tz=tz)
+    parts = {"dataset": DATASET, "where": where, "local": local, "weekend": dialect.is_weekend.format(t=local), "top": TOP_N}
+    return [Question(name, title, sql.format(**parts), (DATASET,)) for name, (title, sql) in _SQL.items()]
+
+
+def parse_when(text: str, tz: ZoneInfo, *, end: bool = False) -> int:
+    """A date or ISO datetime -> UTC epoch ms. A date is its local midnight, or the next one when `end`
+    (so `--until 2025-03-09` includes that day); a datetime without offset is local time.
+
+    >>> paris = ZoneInfo("Europe/Paris")
+    >>> parse_when("2025-03-03", paris), parse_when("2025-03-03", paris, end=True) - parse_when("2025-03-03", paris)
+    (1740956400000, 86400000)
+    >>> parse_when("2025-03-03T12:00:00Z", paris)
+    1741003200000
+    """
+    text = text.strip()
+    if text == "now":
+        return time.time_ns() // 1_000_000
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            d = date.fromisoformat(text) + timedelta(days=1 if end else 0)
+            dt = datetime(d.year, d.month, d.day, tzinfo=tz)
+        else:
+            dt = datetime.fromisoformat(text)
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=tz)
+    except ValueError:
+        raise ConfigError(f"{text!r} is neither a date (2025-03-03) nor an ISO datetime (2025-03-03T08:00:00+01:00)") from None
+    return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+
+
+def _iso(ms: int | None, tz: ZoneInfo) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).astimezone(tz).isoformat(timespec="seconds")
+
+
+def _hour_label(v: Any) -> str:
+    if isinstance(v, datetime):
+        return v.strftime("%Y-%m-%d %H:00")
+    return str(v)[:13] + ":00"
+
+
+def _num(x: Any) -> float:
+    return float(x) if x is not None else 0.0
+
+
+def answer(rows: dict[str, list[dict[str, Any]]], tz: str, *, since_ms: int | None, until_ms: int | None) -> dict[str, Any]:
+    """The answers as a JSON-able document, from each question's result rows."""
+    zone = check_tz(tz)
+    s = rows["summary"][0] if rows["summary"] else {}
+    parts: dict[str, dict[str, Any]] = {part: {"days": 0, "alerts": 0, "readings": 0} for part in ("weekday", "weekend")}
+    for r in rows["weekend_vs_weekday"]:
+        parts[r["part"]] = {"days": int(r["days"]), "alerts": int(r["alerts"] or 0), "readings": int(r["readings"])}
+    for p in parts.values():
+        p["alerts_per_day"] = p["alerts"] / p["days"] if p["days"] else None
+    we, wd = parts["weekend"]["alerts_per_day"], parts["weekday"]["alerts_per_day"]
+    verdict = "equal"
+    if we is None or wd is None:
+        verdict = "unknown"  # the range does not hold both kinds of days
+    elif we != wd:
+        verdict = "weekend" if we > wd else "weekday"
+    return {
+        "timezone": tz,
+        "since": _iso(since_ms, zone),
+        "until": _iso(until_ms, zone),
+        "readings": int(s.get("readings") or 0),
+        "alerts": int(s.get("alerts") or 0),
+        "stores": int(s.get("stores") or 0),
+        "first_reading": _iso(s.get("first_ms"), zone),
+        "last_reading": _iso(s.get("last_ms"), zone),
+        "weekend_vs_weekday": {**parts, "more_alerts_per_day_on": verdict},
+        "top_products": [{"product_id": r["product_id"], "alerts": int(r["alerts"])} for r in rows["top_products"]],
+        "top_hours": [{"hour": int(r["hour"]), "alerts": int(r["alerts"])} for r in rows["top_hours"]],
+        "stock_per_product": [
+            {
+                "product_id": r["product_id"],
+                "mean_quantity": _num(r["mean_quantity"]),
+                "mean_threshold": _num(r["mean_threshold"]),
+                "readings": int(r["readings"]),
+            }
+            for r in rows["stock_per_product"]
+        ],
+        "hourly_trend": [
+            {
+                "hour": _hour_label(r["hour"]),
+                "mean_quantity": _num(r["mean_quantity"]),
+                "products": int(r["products"]),
+                "readings": int(r["readings"]),
+            }
+            for r in rows["hourly_trend"]
+        ],
+    }
+
+
+def analyze_stock(
+    run: Callable[[Question], list[dict[str, Any]]],
+    *,
+    dialect: Dialect = DUCKDB,
+    tz: str = "Europe/Paris",
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+) -> dict[str, Any]:
+    """Answer the five questions with `run` (e.g. `DuckDBEngine(root).run`). Raises EmptyLakeError without data."""
+    rows = {q.name: run(q) for q in stock_questions(dialect, tz, since_ms=since_ms, until_ms=until_ms)}
+    return answer(rows, tz, since_ms=since_ms, until_ms=until_ms)

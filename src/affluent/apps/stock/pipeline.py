@@ -1,0 +1,205 @@
+"""The stock pipelines, as a diagram::
+
+    shelf sensors (simulator | MQTT)
+        └─> stock.readings
+              ├─ pipeline "stock":  check ─x─> stock.dlq (bad readings, with the reason)
+              │                       └─ [MQTT: drop redeliveries]
+              │                            ├─ alert filter ─> stock.alerts
+              │                            └─ restock handler ─> stock.restock
+              │                                 (an alert opens one request per shelf, a recovered reading closes it)
+              └─ pipeline "stock-lake": checked readings ─> lake dataset stock_readings (date=/hour=, UTC)
+
+The lake has a pipeline of its own so that it can commit (write Parquet files) every
+`stock.lake_commit_s` seconds, while alerts and restock requests go out within a fraction of a
+second. It skips the readings that "stock" dead-letters, without dead-lettering them twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from affluent.analytics.stock import parse_when
+from affluent.apps.stock.keyed_state import DropRepeats, keyed_state
+from affluent.apps.stock.readings import (
+    LAKE_SCHEMA,
+    check_reading,
+    checked_or_nothing,
+    event_time_ms,
+    lake_row,
+    reading_id,
+    shelf_key,
+    source_key,
+)
+from affluent.apps.stock.restock import RestockRule
+from affluent.apps.stock.simulator import StockSimulator
+from affluent.config import Settings, StockSettings, lake_path
+from affluent.core.errors import ConfigError, PipelineError
+from affluent.core.log import Log, TopicConfig
+from affluent.core.metrics import Metrics
+from affluent.core.pipeline import Pipeline, Stream
+from affluent.core.runtime import PipelineTask, Runtime
+from affluent.core.sources import Source
+from affluent.sinks.lake import ParquetLakeSink
+from affluent.sources.iot import MqttSource, SimulatorSource
+
+log = logging.getLogger("affluent.apps.stock")
+
+READINGS = "stock.readings"
+ALERTS = "stock.alerts"
+RESTOCK = "stock.restock"
+DATASET = "stock_readings"
+
+
+def store_tz(cfg: StockSettings) -> ZoneInfo:
+    try:
+        return ZoneInfo(cfg.timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(f"stock.timezone {cfg.timezone!r} is not a known time zone (e.g. Europe/Paris)") from exc
+
+
+def simulator_source(cfg: StockSettings, *, name: str = "stock-simulator") -> SimulatorSource:
+    """The shelf-sensor simulator configured by `cfg` (seed, stores, period, speed, start, end)."""
+    tz = store_tz(cfg)
+    seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(1 << 31)
+    if not cfg.period_s > 0:
+        raise ConfigError(f"stock.period_s must be positive, not {cfg.period_s}")
+    if not cfg.speed > 0:
+        raise ConfigError(f"stock.speed must be positive (or inf), not {cfg.speed}")
+    model = StockSimulator(seed=seed, stores=cfg.stores, period_s=cfg.period_s, tz=cfg.timezone)
+    start = parse_when(cfg.start, tz) if cfg.start else None
+    end = parse_when(cfg.end, tz, end=True) if cfg.end else None
+    if start is not None and end is not None and end <= start:
+        raise ConfigError(f"stock.end ({cfg.end}) must come after stock.start ({cfg.start})")
+    # a saved position is resumed only by a simulator of the same stores, period and seed
+    fingerprint = {"seed": cfg.seed, "stores": cfg.stores, "period_ms": model.period_ms, "start": start}
+    return SimulatorSource(model, name=name, speed=cfg.speed, start_ms=start, end_ms=end, fingerprint=fingerprint)
+
+
+def _ts_or_none(v: Any) -> int | None:
+    return event_time_ms(v) if isinstance(v, dict) and isinstance(v.get("timestamp"), str) else None
+
+
+def mqtt_source(cfg: StockSettings, url: str, *, name: str = "stock-mqtt") -> MqttSource:
+    """Shelf readings published on an MQTT broker (`wh/{store}/{zone}/stock-sensor/{device}/telemetry`, QoS 1)."""
+    return MqttSource(url, topic_filter=cfg.mqtt_topic, name=name, client_id=f"affluent-{name}", key=source_key, timestamp_ms=_ts_or_none)
+
+
+def make_source(settings: Settings, *, offline: bool) -> Source:
+    cfg = settings.stock
+    if cfg.source.startswith("mqtt://"):
+        if not offline:
+            return mqtt_source(cfg, cfg.source)
+        log.info("offline: the stock app runs its simulator instead of reading %s", cfg.source.split("@")[-1])
+    elif cfg.source != "simulator":
+        shown = f"a {cfg.source.split('://')[0]}:// URL" if "://" in cfg.source else repr(cfg.source)  # never show credentials
+        raise ConfigError(f"stock.source must be 'simulator' or an mqtt:// URL, not {shown}")
+    return simulator_source(cfg)
+
+
+def build_pipelines(
+    source: Source,
+    *,
+    lake_root: str | Path,
+    tz: ZoneInfo,
+    redelivery_window: int | None = None,
+    lake_commit_ms: int = 30_000,
+    readings_config: TopicConfig | None = None,
+) -> list[Pipeline]:
+    """The "stock" and "stock-lake" pipelines fed by `source`.
+
+    redelivery_window: for at-least-once sources (MQTT QoS 1), drop a reading whose id is among the
+    last `redelivery_window` ids of its device; None for sources that never repeat one (the simulator).
+    """
+    main = Pipeline("stock")
+    # the key function runs in the source task, where raising would fail the whole poll
+    readings = main.source(source, topic=READINGS, config=readings_config, key=source_key)
+    checked = readings.validate(check_reading, name="check-reading").with_timestamp(event_time_ms, name="event-time")
+    checked = _drop_redeliveries(checked, redelivery_window)
+    checked.filter(_is_alert, name="alert-filter").to_topic(ALERTS)
+    keyed_state(checked, name="restock", key=shelf_key, step=RestockRule(tz).step).to_topic(RESTOCK)
+
+    lake = Pipeline("stock-lake", commit_interval_ms=lake_commit_ms)
+    stored = lake.topic(READINGS, config=readings_config).flat_map(checked_or_nothing, name="checked-only")
+    stored = stored.with_timestamp(event_time_ms, name="event-time")
+    stored = _drop_redeliveries(stored, redelivery_window)
+    stored.to_sink(ParquetLakeSink(lake_root, DATASET, row=lake_row, schema=LAKE_SCHEMA, tz="UTC"))
+    return [main, lake]
+
+
+def _is_alert(v: dict[str, Any]) -> bool:
+    return v["alert"] is True
+
+
+def _device(v: dict[str, Any]) -> str:
+    device = v.get("device_id")
+    return device if type(device) is str else shelf_key(v)
+
+
+def _drop_redeliveries(s: Stream, window: int | None) -> Stream:
+    if window is None:
+        return s
+    return keyed_state(s, name="drop-redeliveries", key=_device, step=DropRepeats(id=reading_id, window=window).step)
+
+
+def pipelines(settings: Settings, *, offline: bool) -> list[Pipeline]:
+    """The stock app's pipelines as configured by `settings.stock` (used by `affluent up` and `affluent run stock`)."""
+    cfg = settings.stock
+    source = make_source(settings, offline=offline)
+    # QoS 1 is at least once: drop redeliveries
+    window = cfg.redelivery_window if isinstance(source, MqttSource) else None
+    return build_pipelines(
+        source,
+        lake_root=lake_path(settings),
+        tz=store_tz(cfg),
+        redelivery_window=window,
+        lake_commit_ms=max(1, int(cfg.lake_commit_s * 1000)),
+    )
+
+
+def run_until_drained(pipes: list[Pipeline], log_: Log, *, timeout_s: float | None = None, metrics: Metrics | None = None) -> dict[str, int]:
+    """Run `pipes` until every source is done and every pipeline has read all of its input, then stop.
+
+    Stopping commits what was read (the lake included). Returns the record count of each stock topic.
+    For bounded runs: a simulated period (`stock.end`), a test.
+    """
+    rt = Runtime(log_, metrics=metrics or Metrics())
+    for p in pipes:
+        rt.add(p)
+    rt.start()
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    try:
+        while True:
+            if rt.errors:
+                raise rt.errors[0]
+            failed = [st for st in rt.source_tasks if st.status == "failed"]
+            if failed:
+                raise PipelineError(f"source {failed[0].binding.source.name} failed: {failed[0].error}")
+            if all(st.status == "done" for st in rt.source_tasks) and all(caught_up(t, log_) for t in rt.tasks):
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"the stock pipelines did not drain in {timeout_s} s; status: {rt.status()}")
+            time.sleep(0.05)
+    finally:
+        rt.stop()
+    if rt.errors:
+        raise rt.errors[0]
+    counts = {}
+    for topic in (READINGS, ALERTS, RESTOCK, "stock.dlq"):
+        counts[topic] = log_.describe_topic(topic).records if log_.topic_exists(topic) else 0
+    return counts
+
+
+def caught_up(task: PipelineTask, log_: Log) -> bool:
+    """True when a running pipeline task has read everything its input topics hold."""
+    if task.status != "running":
+        return False
+    for (topic, part), pos in list(task.positions.items()):
+        end = next(p.end_offset for p in log_.describe_topic(topic).partitions if p.partition == part)
+        if pos < end:
+            return False
+    return True

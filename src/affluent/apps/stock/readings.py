@@ -1,0 +1,225 @@
+"""A shelf reading: its JSON shape, the check that lets it in, and its row in the lake.
+
+The shape is StockNow's, with additions::
+
+    {"sensor_id": "shelf-2", "timestamp": "2025-07-05T13:52:00.000Z", "product_id": "GTA6",
+     "quantity": 1, "threshold": 2, "location": {"store": "paris-12", "lat": 48.85, "lon": 2.34},
+     "alert": true,
+     "store_id": "paris-12", "device_id": "paris-12-gta6", "reading_id": "paris-12-gta6-1234", "seq": 1234}
+
+`store_id` defaults to `location.store`; `reading_id` (or an MQTT-style `message_id`) identifies
+a reading so that redeliveries can be dropped; it defaults to store, product and timestamp.
+
+>>> r = check_reading({"sensor_id": "shelf-2", "timestamp": "2025-07-05T13:52:00Z", "product_id": "GTA6",
+...     "quantity": 1, "threshold": 2, "location": {"store": "paris-12", "lat": 48.85, "lon": 2.34}, "alert": True})
+>>> r["store_id"], r["reading_id"], event_time_ms(r)
+('paris-12', 'paris-12-gta6-1751723520000', 1751723520000)
+>>> check_reading({**r, "quantity": -1})
+Traceback (most recent call last):
+...
+affluent.apps.stock.readings.BadReadingError: negative quantity -1
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+import pyarrow as pa
+
+from affluent.apps.stock.catalogue import THRESHOLDS, slug
+from affluent.core.errors import RecordError
+from affluent.core.records import Record
+
+REQUIRED = ("sensor_id", "timestamp", "product_id", "quantity", "threshold", "location", "alert")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+class BadReadingError(RecordError, ValueError):
+    """A reading that cannot be trusted; it goes to the dead-letter topic with this message."""
+
+
+def _type(x: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "an integer", float: "a number"}.get(
+        type(x), "null" if x is None else type(x).__name__
+    )
+
+
+@lru_cache(maxsize=4096)
+def parse_timestamp_ms(text: str) -> int:
+    """ISO-8601 with a time zone ('...Z' or '+02:00') -> UTC epoch ms, exactly (no float rounding)."""
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadReadingError(f"timestamp {text[:40]!r} is not an ISO-8601 date and time") from None
+    if dt.tzinfo is None:
+        raise BadReadingError(f"timestamp {text[:40]!r} has no time zone (expected e.g. 2025-07-05T13:52:00Z)")
+    return (dt - _EPOCH) // _MS
+
+
+def _int(v: dict[str, Any], name: str) -> int:
+    x = v[name]
+    if type(x) is not int:
+        raise BadReadingError(f"{name} must be an integer, not {_type(x)} ({x!r})"[:200])
+    return x
+
+
+def _str(v: dict[str, Any], name: str, where: str = "") -> str:
+    x = v[name]
+    if type(x) is not str or not x:
+        raise BadReadingError(f"{where}{name} must be a non-empty string, not {_type(x)} ({x!r})"[:200])
+    return x
+
+
+def _coord(loc: dict[str, Any], name: str, bound: float) -> None:
+    x = loc.get(name)
+    if not isinstance(x, int | float) or isinstance(x, bool) or not -bound <= x <= bound:
+        raise BadReadingError(f"location.{name} must be a number within ±{bound:g}, not {x!r}"[:200])
+
+
+_NUMBER = (int, float)
+
+
+def check_reading(v: Any) -> dict[str, Any]:
+    """The reading, with `store_id` and `reading_id` filled in; raises BadReadingError saying what is wrong."""
+    # fast path for a complete, well-formed reading (nearly all of them); anything else gets the full check
+    if type(v) is dict:
+        q, t, loc = v.get("quantity"), v.get("threshold"), v.get("location")
+        if (
+            type(q) is int
+            and type(t) is int
+            and q >= 0
+            and t > 0
+            and v.get("alert") is (q < t)
+            and v.get("product_id") in THRESHOLDS
+            and type(v.get("sensor_id")) is str
+            and v["sensor_id"]
+            and type(v.get("reading_id")) is str
+            and type(v.get("timestamp")) is str
+            and type(loc) is dict
+        ):
+            store: Any = loc.get("store")
+            lat: Any = loc.get("lat")
+            lon: Any = loc.get("lon")
+            if type(store) is str and v.get("store_id") == store and type(lat) in _NUMBER and type(lon) in _NUMBER and -90 <= lat <= 90 and -180 <= lon <= 180:
+                parse_timestamp_ms(v["timestamp"])
+                return v
+    return _check_fully(v)
+
+
+def _check_fully(v: Any) -> dict[str, Any]:
+    if type(v) is not dict:
+        raise BadReadingError(f"a reading must be a JSON object, not {_type(v)}: {str(v)[:80]!r}")
+    missing = [f for f in REQUIRED if v.get(f) is None]
+    if missing:
+        raise BadReadingError(f"missing field{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
+    product = _str(v, "product_id")
+    if product not in THRESHOLDS:
+        raise BadReadingError(f"unknown product {product[:60]!r}")
+    quantity = _int(v, "quantity")
+    if quantity < 0:
+        raise BadReadingError(f"negative quantity {quantity}")
+    threshold = _int(v, "threshold")
+    if threshold <= 0:
+        raise BadReadingError(f"threshold must be positive, not {threshold}")
+    alert = v["alert"]
+    if type(alert) is not bool:
+        raise BadReadingError(f"alert must be a boolean, not {_type(alert)} ({alert!r})"[:200])
+    if alert != (quantity < threshold):
+        relation = "<" if quantity < threshold else ">="
+        raise BadReadingError(f"alert is {str(alert).lower()} but quantity {quantity} {relation} threshold {threshold}")
+    _str(v, "sensor_id")
+    stamp = v["timestamp"]
+    if type(stamp) is not str:
+        raise BadReadingError(f"timestamp must be an ISO-8601 string, not {_type(stamp)} ({stamp!r})"[:200])
+    ts_ms = parse_timestamp_ms(stamp)
+    loc = v["location"]
+    if type(loc) is not dict:
+        raise BadReadingError(f"location must be an object, not {_type(loc)}")
+    if loc.get("store") is None:
+        raise BadReadingError("missing field: location.store")
+    store = _str(loc, "store", "location.")
+    _coord(loc, "lat", 90)
+    _coord(loc, "lon", 180)
+    store_id = v.get("store_id")
+    reading_id = v.get("reading_id") or v.get("message_id")
+    if store_id is not None and store_id != store:
+        raise BadReadingError(f"store_id {store_id!r} differs from location.store {store!r}"[:200])
+    if store_id is not None and reading_id is not None and type(reading_id) is str:
+        return v
+    if reading_id is not None and type(reading_id) is not str:
+        raise BadReadingError(f"reading_id must be a string, not {_type(reading_id)}")
+    return {**v, "store_id": store, "reading_id": reading_id or f"{store}-{slug(product)}-{ts_ms}"}
+
+
+def checked_or_nothing(v: Any) -> list[dict[str, Any]]:
+    """[the checked reading], or [] for a bad one (for steps that leave dead-lettering to another pipeline)."""
+    try:
+        return [check_reading(v)]
+    except BadReadingError:
+        return []
+
+
+def event_time_ms(v: dict[str, Any]) -> int:
+    """A checked reading's event time: its own timestamp."""
+    return parse_timestamp_ms(v["timestamp"])
+
+
+def shelf_key(v: dict[str, Any]) -> str:
+    """'store/product': the unit of stock, of alerts and of restock requests."""
+    return f"{v.get('store_id') or v['location']['store']}/{v['product_id']}"
+
+
+def source_key(v: Any) -> str | None:
+    """`shelf_key` of a raw value, None when it is not a reading: a source must never fail on a bad record."""
+    try:
+        return shelf_key(v)
+    except Exception:
+        return None
+
+
+def reading_id(v: dict[str, Any]) -> str:
+    return str(v["reading_id"])
+
+
+LAKE_SCHEMA = pa.schema(
+    [
+        ("reading_id", pa.string()),
+        ("ts_ms", pa.int64()),
+        ("timestamp", pa.string()),
+        ("store_id", pa.string()),
+        ("sensor_id", pa.string()),
+        ("device_id", pa.string()),
+        ("product_id", pa.string()),
+        ("quantity", pa.int64()),
+        ("threshold", pa.int64()),
+        ("alert", pa.bool_()),
+        ("lat", pa.float64()),
+        ("lon", pa.float64()),
+        ("seq", pa.int64()),
+    ]
+)
+
+
+def lake_row(r: Record) -> dict[str, Any]:
+    """A checked reading as a flat row of dataset `stock_readings` (event time `ts_ms`, UTC epoch ms)."""
+    v = r.value
+    loc = v["location"]
+    seq = v.get("seq")
+    return {
+        "reading_id": v["reading_id"],
+        "ts_ms": r.timestamp_ms,
+        "timestamp": v["timestamp"],
+        "store_id": v["store_id"],
+        "sensor_id": v["sensor_id"],
+        "device_id": v.get("device_id") if type(v.get("device_id")) is str else None,
+        "product_id": v["product_id"],
+        "quantity": v["quantity"],
+        "threshold": v["threshold"],
+        "alert": v["alert"],
+        "lat": float(loc["lat"]),
+        "lon": float(loc["lon"]),
+        "seq": seq if type(seq) is int else None,
+    }
