@@ -8,6 +8,7 @@ from typing import NoReturn
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.text import Text
 
 from affluent.config import Settings, load_settings
 from affluent.core.errors import AffluentError
@@ -40,5 +41,5 @@ def open_configured_log(s: Settings | None = None) -> Log:
 
 
 def fail(exc: AffluentError | str, code: int = 1) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {exc}")
+    err_console.print(Text.assemble(("error:", "bold red"), " ", str(exc)))
     sys.exit(code)

@@ -182,7 +182,9 @@ def produce(
     create_topic: Annotated[bool, typer.Option("--create", help="Create the topic if it does not exist.")] = False,
 ) -> None:
     """Append records. JSON topics check every value and refuse the whole lot if one is not JSON."""
-    lines = values if values else [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    # (line number, text): stdin lines keep their numbers, blank lines included, for error messages
+    lines = list(enumerate(values, 1)) if values else [(n, line.rstrip("\n")) for n, line in enumerate(sys.stdin, 1) if line.strip()]
+    where = "value" if values else "line"
     try:
         with open_configured_log() as log:
             if create_topic and not log.topic_exists(name):
@@ -190,12 +192,12 @@ def produce(
             config = log.describe_topic(name).config
             out = OutgoingBatch()
             now = time.time_ns() // 1_000_000
-            for i, line in enumerate(lines, 1):
+            for i, line in lines:
                 if config.value_format == "json":
                     try:
                         v: Any = orjson.loads(line)
                     except orjson.JSONDecodeError as exc:
-                        raise ConfigError(f"value {i} is not valid JSON ({exc}): {line[:80]!r}; nothing was appended") from exc
+                        raise ConfigError(f"{where} {i} is not valid JSON ({exc}): {line[:80]!r}; nothing was appended") from exc
                 else:
                     v = line
                 k = key

@@ -190,6 +190,10 @@ class Log(ABC):
     @abstractmethod
     def describe_topic(self, name: str) -> TopicInfo: ...
 
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        """The next offset to be written, by partition."""
+        return {p.partition: p.end_offset for p in self.describe_topic(topic).partitions}
+
     def topic_exists(self, name: str) -> bool:
         return any(t.name == name for t in self.list_topics())
 

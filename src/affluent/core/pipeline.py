@@ -180,13 +180,15 @@ class Pipeline:
 class Stream:
     """A stream of records inside a pipeline. Every method returns a new stream (or a sink end)."""
 
-    def __init__(self, pipeline: Pipeline, node: Node) -> None:
+    def __init__(self, pipeline: Pipeline, node: Node, *, rekeyed: bool = False) -> None:
         self.pipeline = pipeline
         self.node = node
+        #: the key is no longer the input topic's key: a key's records may sit in every input partition
+        self.rekeyed = rekeyed
 
-    def _then(self, node: Node) -> Stream:
+    def _then(self, node: Node, *, rekeyed: bool | None = None) -> Stream:
         self.node.children.append(node)
-        return Stream(self.pipeline, node)
+        return Stream(self.pipeline, node, rekeyed=self.rekeyed if rekeyed is None else rekeyed)
 
     def _name(self, name: str | None, kind: str) -> str:
         return self.pipeline._step_name(name, kind)
@@ -205,7 +207,7 @@ class Stream:
         return self._then(FlatMap(self._name(name, "flat_map"), fn))
 
     def key_by(self, fn: Fn, *, name: str | None = None) -> Stream:
-        return self._then(KeyBy(self._name(name, "key_by"), fn))
+        return self._then(KeyBy(self._name(name, "key_by"), fn), rekeyed=True)
 
     def with_timestamp(self, fn: Fn, *, name: str | None = None) -> Stream:
         """Take each record's event time (int UTC epoch ms) from its value."""
@@ -222,7 +224,7 @@ class Stream:
         """Route each record to the first branch whose predicate holds; the rest to `default`."""
         node = Branch(self._name(name, "branch"), dict(predicates), default)
         self.node.children.append(node)
-        return {n: Stream(self.pipeline, o) for n, o in node.outlets.items()}
+        return {n: Stream(self.pipeline, o, rekeyed=self.rekeyed) for n, o in node.outlets.items()}
 
     # -- stateful ------------------------------------------------------------------------------------------
     def dedupe(self, *, name: str, key: Fn | None = None, version: Fn | None = None, ttl_ms: int | None = None) -> Stream:
@@ -242,9 +244,9 @@ class Stream:
         emit: str = "close",
     ) -> WindowedStream:
         """Aggregate per key and event-time window. Results: {key, start_ms, end_ms, <aggregates>}."""
-        node = WindowOp(self._name(name, "window"), window, as_aggregate(aggregate), emit)
+        node = WindowOp(self._name(name, "window"), window, as_aggregate(aggregate), emit, across_partitions=self.rekeyed)
         self.node.children.append(node)
-        return WindowedStream(self.pipeline, node)
+        return WindowedStream(self.pipeline, node, rekeyed=True)
 
     # -- outputs ---------------------------------------------------------------------------------------------
     def to_topic(self, topic: str, *, config: TopicConfig | None = None, name: str | None = None) -> Stream:
@@ -264,4 +266,4 @@ class WindowedStream(Stream):
 
     @property
     def late(self) -> Stream:
-        return Stream(self.pipeline, self.node.late)
+        return Stream(self.pipeline, self.node.late, rekeyed=self.rekeyed)

@@ -76,6 +76,8 @@ class TaskContext:
         self.partition = 0
         self.now_wall_ms = now_ms()
         self.dead_letters = 0
+        #: input partitions that had unread records when this poll began
+        self.backlog: set[int] = set()
 
     @contextlib.contextmanager
     def at_partition(self, partition: int, topic: str = "") -> Iterator[None]:
@@ -140,6 +142,7 @@ class PipelineTask:
         self.status = "created"
         self.error: str | None = None
         self._dirty_offsets: set[tuple[str, int]] = set()
+        self._multi_partition = False
         self._uncommitted = 0
 
     # -- lifecycle ------------------------------------------------------------------------------------------
@@ -182,6 +185,7 @@ class PipelineTask:
             for part in info.partitions:
                 self.table_positions[(table.topic, part.partition)] = part.start_offset
         self._refresh_tables()
+        self._multi_partition = any(part > 0 for _, part in self.positions)
         self.ctx.checkpoint = Checkpoint(group=p.name, owner=self.owner)
         self._dirty_offsets.clear()
         self._uncommitted = 0
@@ -239,6 +243,11 @@ class PipelineTask:
             self._refresh_tables()
         total = 0
         budget = self.pipeline.max_poll_records
+        if self._multi_partition:
+            ends: dict[tuple[str, int], int] = {}
+            for topic in self.pipeline.inputs:
+                ends.update({(topic, p): e for p, e in self.log.end_offsets(topic).items()})
+            ctx.backlog = {p for tp, pos in self.positions.items() if ends.get(tp, pos) > pos for p in (tp[1],)}
         for (topic, part), pos in self.positions.items():
             root = self.pipeline.inputs[topic]
             ctx.topic, ctx.partition = topic, part

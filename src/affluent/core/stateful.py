@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from affluent.core.aggregates import Aggregate, Count, result_fields
+from affluent.core.aggregates import Aggregate, Aggregates, Count, result_fields
 from affluent.core.errors import PipelineError
 from affluent.core.log import StateChange
 from affluent.core.operators import Batch, Fn, Node, Outlet, apply_each
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 MIN_TIME = -(1 << 62)
 MAX_TIME = 1 << 62
 _WM_KEY = b"\x00wm"
+_INPUT_WM = b"\x00wm:"
 
 
 def _hashable(x: Any) -> Any:
@@ -57,10 +58,21 @@ class WindowOp(Node):
     kind = "window"
     stateful = True
 
-    def __init__(self, name: str, window: Window, aggregate: Aggregate, emit: str = "close") -> None:
+    def __init__(self, name: str, window: Window, aggregate: Aggregate, emit: str = "close", *, across_partitions: bool = False) -> None:
         super().__init__(name)
         if emit not in ("close", "update"):
             raise PipelineError(f"window {name!r}: emit must be 'close' or 'update', not {emit!r}")
+        if isinstance(window, SessionWindow) and getattr(aggregate, "_merge", True) is None:
+            raise PipelineError(f"window {name!r}: session windows merge sessions, and this Reduce has no merge function")
+        if isinstance(window, SessionWindow) and isinstance(aggregate, Aggregates) and any(
+            getattr(a, "_merge", True) is None for _, a in aggregate.parts
+        ):
+            raise PipelineError(f"window {name!r}: session windows merge sessions, and one aggregate has no merge function")
+        # after key_by, records of one key come from every input partition: one state for all of them,
+        # whose watermark is the lowest of the partitions' (embedded: one task reads every partition)
+        self.across = across_partitions
+        self.input_wm: dict[int, int] = {}
+        self.input_wall: dict[int, int] = {}
         self.window = window
         self.agg = aggregate
         self.emit_mode = emit
@@ -70,10 +82,17 @@ class WindowOp(Node):
 
     # -- state ---------------------------------------------------------------------------------------
     def open_partition(self, partition: int, state: dict[bytes, bytes], now_wall_ms: int) -> None:
+        if self.across and partition != 0:
+            return  # one state, kept under partition 0
         part = _WindowPartition(now_wall_ms)
+        if self.across:
+            self.input_wm = {}
         for k, v in state.items():
             if k == _WM_KEY:
                 part.wm = orjson.loads(v)
+                continue
+            if k.startswith(_INPUT_WM):
+                self.input_wm[int(k[len(_INPUT_WM):])] = orjson.loads(v)
                 continue
             if isinstance(self.window, SessionWindow):
                 part.sessions[_hashable(orjson.loads(k))] = orjson.loads(v)
@@ -114,17 +133,28 @@ class WindowOp(Node):
                     acc = part.wins.get(ks, _MISSING)
                     out.append(StateChange(self.store, p, dumps(ks), None if acc is _MISSING else dumps(acc)))
             out.append(StateChange(self.store, p, _WM_KEY, dumps(part.wm)))
+            if self.across:
+                out.extend(StateChange(self.store, 0, _INPUT_WM + str(q).encode(), dumps(w)) for q, w in self.input_wm.items())
             part.dirty.clear()
             part.wm_dirty = False
         return out
 
     # -- processing --------------------------------------------------------------------------------------
     def process(self, batch: Batch, ctx: TaskContext) -> None:
-        part = self.parts.get(ctx.partition)
+        scope = 0 if self.across else ctx.partition
+        part = self.parts.get(scope)
         if part is None:
-            part = self.parts[ctx.partition] = _WindowPartition(ctx.now_wall_ms)
+            part = self.parts[scope] = _WindowPartition(ctx.now_wall_ms)
         ts = batch.timestamps
-        late = self._late(ts, part.wm)
+        if batch.keys and type(batch.keys[0]) is list:
+            batch = Batch([_hashable(k) for k in batch.keys], batch.values, ts, batch.offsets)
+        if self.across:
+            own = self.input_wm.get(ctx.partition, MIN_TIME)
+            cap = min((w for q, w in self.input_wm.items() if q != ctx.partition), default=MAX_TIME)
+            start_wm = own
+        else:
+            cap, start_wm = MAX_TIME, part.wm
+        late = self._late(ts, start_wm, cap)
         if late:
             lb = batch.take(late)
             ctx.count_late(self.name, len(late))
@@ -134,18 +164,38 @@ class WindowOp(Node):
             ts = batch.timestamps
         if ts:
             if isinstance(self.window, SessionWindow):
-                self._add_sessions(part, batch, ctx)
+                self._add_sessions(part, batch, ctx, start_wm, cap)
             else:
                 self._add_windows(part, batch, ctx)
             hi = max(ts)
+            if self.across:
+                if hi > self.input_wm.get(ctx.partition, MIN_TIME):
+                    self.input_wm[ctx.partition] = hi
+                self.input_wall[ctx.partition] = ctx.now_wall_ms
+                hi = self._across_wm(ctx)
             if hi > part.wm:
                 part.wm = hi
                 part.wm_dirty = True
         part.last_data_wall = part.last_tick_wall = ctx.now_wall_ms
         self._after(part, ctx)
 
-    def _late(self, ts: list[int], wm: int) -> list[int]:
-        """Indices of late records, with the watermark advancing record by record."""
+    def _across_wm(self, ctx: TaskContext) -> int:
+        """The lowest watermark of the input partitions that still matter.
+
+        A partition with unread records counts (even before its first record is read); one that is
+        caught up and has had no record for `idle_ms` does not hold the others back.
+        """
+        idle = self.window.idle_ms
+        now = ctx.now_wall_ms
+        lowest = MAX_TIME
+        for q in set(self.input_wm) | ctx.backlog:
+            if q not in ctx.backlog and idle is not None and now - self.input_wall.get(q, now) >= idle:
+                continue
+            lowest = min(lowest, self.input_wm.get(q, MIN_TIME))
+        return lowest if lowest != MAX_TIME else max(self.input_wm.values(), default=MIN_TIME)
+
+    def _late(self, ts: list[int], wm: int, cap: int = MAX_TIME) -> list[int]:
+        """Indices of late records, with the watermark advancing record by record (never above `cap`)."""
         w = self.window
         grace = w.grace_ms
         lo = min(ts) if ts else 0
@@ -156,7 +206,7 @@ class WindowOp(Node):
             span_end = lo - lo % w.size_ms + w.size_ms
         else:
             span_end = lo - lo % w.hop_ms + w.size_ms  # end of lo's last window
-        if span_end + grace > max(wm, hi):
+        if span_end + grace > min(max(wm, hi), cap):
             return []
         late = []
         cur = wm
@@ -165,21 +215,21 @@ class WindowOp(Node):
             for i, t in enumerate(ts):
                 if t > cur:
                     cur = t
-                elif t + gap + grace <= cur:
+                elif t + gap + grace <= min(cur, cap):
                     late.append(i)
         elif isinstance(w, TumblingWindow):
             size = w.size_ms
             for i, t in enumerate(ts):
                 if t > cur:
                     cur = t
-                elif t - t % size + size + grace <= cur:
+                elif t - t % size + size + grace <= min(cur, cap):
                     late.append(i)
         else:
             size, hop = w.size_ms, w.hop_ms
             for i, t in enumerate(ts):
                 if t > cur:
                     cur = t
-                elif t - t % hop + size + grace <= cur:
+                elif t - t % hop + size + grace <= min(cur, cap):
                     late.append(i)
         return late
 
@@ -238,16 +288,21 @@ class WindowOp(Node):
             dirty.add(ks)
             touched.add(ks)
 
-    def _add_sessions(self, part: _WindowPartition, batch: Batch, ctx: TaskContext) -> None:
+    def _add_sessions(self, part: _WindowPartition, batch: Batch, ctx: TaskContext, wm: int, cap: int) -> None:
         gap = self.window.gap_ms  # type: ignore[union-attr]
+        grace = self.window.grace_ms
         create, add, merge = self.agg.create, self.agg.add, self.agg.merge
         sessions = part.sessions
+        cur = wm
         for k, v, t, o in zip(batch.keys, batch.values, batch.timestamps, batch.offsets, strict=True):
+            if t > cur:
+                cur = t
+            closed_before = min(cur, cap) - grace  # a session ending by then has closed: nothing joins it
             try:
                 new = [t, t + gap, add(create(), v, t)]
                 kept = []
                 for s in sessions.get(k, ()):
-                    if s[0] < new[1] and new[0] < s[1]:
+                    if s[1] > closed_before and s[0] < new[1] and new[0] < s[1]:
                         new = [min(s[0], new[0]), max(s[1], new[1]), merge(s[2], new[2])]
                     else:
                         kept.append(s)
@@ -345,6 +400,15 @@ class WindowOp(Node):
     def tick(self, ctx: TaskContext, now_wall_ms: int) -> None:
         """Advance idle partitions' watermarks with the wall clock and close what is due."""
         idle = self.window.idle_ms
+        if self.across and self.input_wm:
+            part = self.parts.get(0)
+            if part is not None:
+                wm = self._across_wm(ctx)
+                if wm > part.wm:
+                    part.wm = wm
+                    part.wm_dirty = True
+                    with ctx.at_partition(0):
+                        self._close(part, ctx)
         if idle is None:
             return
         for p, part in self.parts.items():
