@@ -340,9 +340,6 @@ def test_dedupe_state_survives_a_restart(log: SQLiteLog) -> None:
     assert values(log, "out") == [{"id": "a", "v": 1}, {"id": ["x", 1], "v": 1}, {"id": "a", "v": 2}]
 
 
-@pytest.mark.xfail(reason="core bug: dedupe state is per input partition: with a key function, the same key arriving in "
-                   "two partitions passes twice (windows after key_by were fixed to aggregate across partitions)", strict=True,
-                   raises=AssertionError)
 def test_dedupe_by_key_function_across_partitions(log: SQLiteLog) -> None:
     log.create_topic("in", TopicConfig(partitions=2))
     log.append("in", [Record(value={"offer_id": "o1", "src": 0}, key="feed-a")], partition=0)
@@ -449,8 +446,6 @@ def test_enrich_join_errors_are_dead_lettered(log: SQLiteLog) -> None:
     assert [(d["offset"], d["step"], d["error_type"]) for d in dlq(log, "p")] == [(1, "ratio", "KeyError")]
 
 
-@pytest.mark.xfail(reason="core bug: PipelineTask._load reads the tables, then replaces ctx.checkpoint: the dead letters of "
-                   "bad table rows read at start are thrown away", strict=True, raises=AssertionError)
 def test_an_undecodable_table_row_does_not_delete_the_row(log: SQLiteLog) -> None:
     feed(log, "station_information", [{"name": "Gare"}], keys=["1"])
     log.append("station_information", OutgoingBatch(keys=["1"], values=[b'{"name": "Gare SN'], timestamps=[2], raw=True))
@@ -463,8 +458,6 @@ def test_an_undecodable_table_row_does_not_delete_the_row(log: SQLiteLog) -> Non
     assert [d["offset"] for d in dlq(log, "p")] == [1]
 
 
-@pytest.mark.xfail(reason="core bug: PipelineTask._load reads the tables, then replaces ctx.checkpoint: the dead letters of "
-                   "table rows whose key function fails at start are thrown away", strict=True, raises=AssertionError)
 def test_a_table_row_whose_key_fails_is_dead_lettered(log: SQLiteLog) -> None:
     feed(log, "station_information", [{"station_id": "1", "name": "Gare"}, {"name": "no id"}])
     feed(log, "status", [{"station_id": "1"}])

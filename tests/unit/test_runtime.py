@@ -298,9 +298,6 @@ class GatedSource(ListSource):
         super().open(position)
 
 
-@pytest.mark.xfail(reason="core bug: sources hold no lease: when a second runtime is refused the pipeline "
-                   "(PipelineAlreadyRunningError), its source threads still run and append the same records again", strict=True,
-                   raises=AssertionError)
 def test_a_refused_second_runtime_does_not_run_the_pipelines_sources(tmp_path: Path) -> None:
     gate = threading.Barrier(2)
 

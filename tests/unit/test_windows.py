@@ -520,8 +520,6 @@ def test_window_keys_can_be_lists(log: SQLiteLog) -> None:
     assert r.value["count"] == 2
 
 
-@pytest.mark.xfail(reason="core bug: TaskContext.late_default writes non-str keys with str() (\"('s1', 7)\") where to_topic "
-                   "writes JSON ('[\"s1\",7]'): one key, two spellings, two partitions", strict=True, raises=AssertionError)
 def test_late_records_keep_the_key_spelling_of_topics(log: SQLiteLog) -> None:
     reading = {"store": "s1", "sensor": 7}
     feed(log, "in", [("x", 1, reading), ("x", 50, reading), ("x", 2, reading)])
@@ -564,9 +562,6 @@ def test_a_window_after_key_by_waits_for_the_slowest_partition(log: SQLiteLog) -
     assert read_topic(log, "p.late") == []
 
 
-@pytest.mark.xfail(reason="core bug: after key_by, the late check caps the watermark with every other partition, idle ones "
-                   "included, while closing ignores idle partitions: a record for a window already closed and emitted is "
-                   "not late and the window is emitted a second time", strict=True, raises=AssertionError)
 def test_a_record_for_a_window_closed_while_a_partition_idled_is_late(log: SQLiteLog, clock: FakeClock) -> None:
     log.create_topic("in", TopicConfig(partitions=2))
     p = Pipeline("p")
@@ -605,9 +600,6 @@ def _feed_keyed(log: SQLiteLog, task: PipelineTask, items: list[tuple[int, str, 
     return task
 
 
-@pytest.mark.xfail(reason="core bug: after key_by, a record whose own partition is behind the merged watermark is judged "
-                   "on time by the late check (own partition's watermark) but skipped by the hopping fold (merged watermark): "
-                   "it is neither counted nor late", strict=True, raises=AssertionError)
 def test_after_key_by_every_record_is_counted_or_late(log: SQLiteLog) -> None:
     log.create_topic("in", TopicConfig(partitions=2))
     task = make_task(_keyed_hopping(), log)

@@ -139,6 +139,8 @@ class Checkpoint:
 
     group: str = ""
     owner: str | None = None
+    #: the lease `owner` must hold (default: the group's)
+    lease: str | None = None
     appends: dict[str, OutgoingBatch] = field(default_factory=dict)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     state: list[StateChange] = field(default_factory=list)

@@ -344,7 +344,7 @@ class ToTopic(Node):
         self.topic = topic
 
     def process(self, batch: Batch, ctx: TaskContext) -> None:
-        keys = [k if k is None or type(k) is str else _key_str(k) for k in batch.keys]
+        keys = [k if k is None or type(k) is str else key_str(k) for k in batch.keys]
         try:
             raw = encode_values(batch.values)
         except TypeError:  # find the values that cannot be serialised; they are dead letters, not a crash at commit
@@ -357,7 +357,8 @@ class ToTopic(Node):
         ctx.count_out(self.topic, len(batch))
 
 
-def _key_str(k: Any) -> str:
+def key_str(k: Any) -> str:
+    """How a non-string key is spelled in a topic: JSON for tuples, lists and dicts."""
     return orjson.dumps(k).decode() if isinstance(k, tuple | list | dict) else str(k)
 
 
@@ -372,7 +373,7 @@ class ToSink(Node):
         from affluent.core.records import Record
 
         recs = [
-            Record(value=v, key=k if k is None or type(k) is str else _key_str(k), timestamp_ms=t, topic=ctx.topic, partition=ctx.partition, offset=o)
+            Record(value=v, key=k if k is None or type(k) is str else key_str(k), timestamp_ms=t, topic=ctx.topic, partition=ctx.partition, offset=o)
             for k, v, t, o in zip(batch.keys, batch.values, batch.timestamps, batch.offsets, strict=True)
         ]
         try:

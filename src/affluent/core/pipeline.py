@@ -229,7 +229,8 @@ class Stream:
     # -- stateful ------------------------------------------------------------------------------------------
     def dedupe(self, *, name: str, key: Fn | None = None, version: Fn | None = None, ttl_ms: int | None = None) -> Stream:
         """Drop records whose key was seen with the same or a newer version (within `ttl_ms` of event time)."""
-        return self._then(Dedupe(self._name(name, "dedupe"), key, version, ttl_ms))
+        across = self.rekeyed or key is not None
+        return self._then(Dedupe(self._name(name, "dedupe"), key, version, ttl_ms, across_partitions=across))
 
     def enrich(self, table: Table, *, key: Fn, join: Callable[[Any, Any], Any], how: str = "left", name: str | None = None) -> Stream:
         """Lookup-join each record with `table[key(value)]`; `join(value, row)` makes the new value."""

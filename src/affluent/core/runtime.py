@@ -31,7 +31,7 @@ from affluent.core.errors import (
 )
 from affluent.core.log import Checkpoint, Log, OutgoingBatch, StateChange, TopicConfig, open_log
 from affluent.core.metrics import METRICS, Metrics
-from affluent.core.operators import Batch
+from affluent.core.operators import Batch, key_str
 from affluent.core.pipeline import Pipeline, SourceBinding
 from affluent.core.records import Record, RecordBatch, dumps, encode_values
 from affluent.core.sources import SourcePoll
@@ -114,7 +114,7 @@ class TaskContext:
             {"step": step, "topic": self.topic, "partition": self.partition, "offset": o, "timestamp_ms": t, "value": _jsonable(v)}
             for v, t, o in zip(batch.values, batch.timestamps, batch.offsets, strict=True)
         ]
-        out.extend([k if k is None or type(k) is str else str(k) for k in batch.keys], [dumps(d) for d in docs], batch.timestamps)
+        out.extend([k if k is None or type(k) is str else key_str(k) for k in batch.keys], [dumps(d) for d in docs], batch.timestamps)
 
     def count_late(self, step: str, n: int) -> None:
         self.metrics.inc("affluent_late_records_total", n, pipeline=self.pipeline, step=step)
@@ -184,9 +184,9 @@ class PipelineTask:
             info = lg.describe_topic(table.topic)
             for part in info.partitions:
                 self.table_positions[(table.topic, part.partition)] = part.start_offset
-        self._refresh_tables()
-        self._multi_partition = any(part > 0 for _, part in self.positions)
         self.ctx.checkpoint = Checkpoint(group=p.name, owner=self.owner)
+        self._refresh_tables()  # after the fresh checkpoint: dead letters of bad table rows go in it
+        self._multi_partition = any(part > 0 for _, part in self.positions)
         self._dirty_offsets.clear()
         self._uncommitted = 0
 
@@ -358,9 +358,17 @@ class SourceTask:
     """Polls one source and appends what it returns, saving its position in the same transaction."""
 
     def __init__(
-        self, binding: SourceBinding, log_: Log, *, metrics: Metrics | None = None, max_backoff_s: float = 60.0, dlq_topic: str | None = None
+        self,
+        binding: SourceBinding,
+        log_: Log,
+        *,
+        metrics: Metrics | None = None,
+        max_backoff_s: float = 60.0,
+        dlq_topic: str | None = None,
+        lease: tuple[str, str] | None = None,
     ) -> None:
         self.binding = binding
+        self.lease = lease  # (pipeline, owner): a source appends only while its pipeline's lease is held
         self.dlq_topic = dlq_topic or f"{binding.topic}.dlq"
         self._pending: tuple[Checkpoint, SourcePoll] | None = None
         self.log = log_
@@ -408,6 +416,8 @@ class SourceTask:
     def _checkpoint(self, result: SourcePoll) -> Checkpoint:
         b = self.binding
         cp = Checkpoint(group=self.store)
+        if self.lease is not None:
+            cp.lease, cp.owner = self.lease
         if result.records:
             now = now_ms()
             out = OutgoingBatch(headers=[] if any(r.headers for r in result.records) else None)
@@ -515,12 +525,19 @@ class Runtime:
 
     def start(self) -> Runtime:
         for p in self.pipelines:
+            owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            try:  # claimed here, before any source runs: a refused pipeline runs nothing at all
+                self.log.acquire_lease(p.name, owner)
+            except AffluentError as exc:
+                log.error("pipeline %s not started: %s", p.name, exc)
+                self.errors.append(exc)
+                continue
             for b in p.sources:
-                st = SourceTask(b, self.log, metrics=self.metrics, dlq_topic=p.dlq_topic)
+                st = SourceTask(b, self.log, metrics=self.metrics, dlq_topic=p.dlq_topic, lease=(p.name, owner))
                 self.source_tasks.append(st)
                 self._spawn(f"source-{b.source.name}", st.run, self.stop_event)
             if p.inputs:
-                task = PipelineTask(p, self.log, metrics=self.metrics)
+                task = PipelineTask(p, self.log, metrics=self.metrics, owner=owner)
                 self.tasks.append(task)
                 self._spawn(f"pipeline-{p.name}", task.run, self.stop_event)
         return self

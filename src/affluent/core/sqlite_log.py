@@ -379,11 +379,10 @@ class SQLiteLog(Log):
         now = _now_ms()
         with self._write(f"committing a checkpoint of {checkpoint.group or 'a producer'!r} to") as conn:
             if checkpoint.owner is not None:
-                cur = conn.execute(
-                    "UPDATE leases SET heartbeat_ms=? WHERE name=? AND owner=?", (now, checkpoint.group, checkpoint.owner)
-                )
+                lease = checkpoint.lease or checkpoint.group
+                cur = conn.execute("UPDATE leases SET heartbeat_ms=? WHERE name=? AND owner=?", (now, lease, checkpoint.owner))
                 if cur.rowcount == 0:
-                    raise FencedError(f"pipeline {checkpoint.group!r} was taken over by another process; this one stops")
+                    raise FencedError(f"pipeline {lease!r} was taken over by another process; this one stops")
             for topic, batch in checkpoint.appends.items():
                 if len(batch):
                     result[topic] = self._append(conn, topic, batch, None)

@@ -154,7 +154,10 @@ class WindowOp(Node):
             start_wm = own
         else:
             cap, start_wm = MAX_TIME, part.wm
-        late = self._late(ts, start_wm, cap)
+        # a record is judged against its own partition's watermark, capped by the others', and never
+        # below the watermark that already closed windows: nothing joins a window that was emitted
+        floor = part.wm
+        late = self._late(ts, start_wm, cap, floor)
         if late:
             lb = batch.take(late)
             ctx.count_late(self.name, len(late))
@@ -164,9 +167,9 @@ class WindowOp(Node):
             ts = batch.timestamps
         if ts:
             if isinstance(self.window, SessionWindow):
-                self._add_sessions(part, batch, ctx, start_wm, cap)
+                self._add_sessions(part, batch, ctx, start_wm, cap, floor)
             else:
-                self._add_windows(part, batch, ctx)
+                self._add_windows(part, batch, ctx, start_wm, cap, floor)
             hi = max(ts)
             if self.across:
                 if hi > self.input_wm.get(ctx.partition, MIN_TIME):
@@ -194,8 +197,8 @@ class WindowOp(Node):
             lowest = min(lowest, self.input_wm.get(q, MIN_TIME))
         return lowest if lowest != MAX_TIME else max(self.input_wm.values(), default=MIN_TIME)
 
-    def _late(self, ts: list[int], wm: int, cap: int = MAX_TIME) -> list[int]:
-        """Indices of late records, with the watermark advancing record by record (never above `cap`)."""
+    def _late(self, ts: list[int], wm: int, cap: int = MAX_TIME, floor: int = MIN_TIME) -> list[int]:
+        """Indices of late records, the watermark advancing record by record: max(floor, min(own, cap))."""
         w = self.window
         grace = w.grace_ms
         lo = min(ts) if ts else 0
@@ -206,7 +209,7 @@ class WindowOp(Node):
             span_end = lo - lo % w.size_ms + w.size_ms
         else:
             span_end = lo - lo % w.hop_ms + w.size_ms  # end of lo's last window
-        if span_end + grace > min(max(wm, hi), cap):
+        if span_end + grace > max(floor, min(max(wm, hi), cap)):
             return []
         late = []
         cur = wm
@@ -215,25 +218,25 @@ class WindowOp(Node):
             for i, t in enumerate(ts):
                 if t > cur:
                     cur = t
-                elif t + gap + grace <= min(cur, cap):
+                if t + gap + grace <= max(floor, min(cur, cap)):
                     late.append(i)
         elif isinstance(w, TumblingWindow):
             size = w.size_ms
             for i, t in enumerate(ts):
                 if t > cur:
                     cur = t
-                elif t - t % size + size + grace <= min(cur, cap):
+                if t - t % size + size + grace <= max(floor, min(cur, cap)):
                     late.append(i)
         else:
             size, hop = w.size_ms, w.hop_ms
             for i, t in enumerate(ts):
                 if t > cur:
                     cur = t
-                elif t - t % hop + size + grace <= min(cur, cap):
+                if t - t % hop + size + grace <= max(floor, min(cur, cap)):
                     late.append(i)
         return late
 
-    def _add_windows(self, part: _WindowPartition, batch: Batch, ctx: TaskContext) -> None:
+    def _add_windows(self, part: _WindowPartition, batch: Batch, ctx: TaskContext, wm: int, cap: int, floor: int) -> None:
         w = self.window
         keys, values, ts = batch.keys, batch.values, batch.timestamps
         if isinstance(w, TumblingWindow):
@@ -250,15 +253,16 @@ class WindowOp(Node):
             return
         assert isinstance(w, HoppingWindow)
         size, grace = w.size_ms, w.grace_ms
-        cur = part.wm
+        cur = wm
 
         def gen() -> Any:
             nonlocal cur
             for k, v, t, o in zip(keys, values, ts, batch.offsets, strict=True):
                 if t > cur:
                     cur = t
+                closed_to = max(floor, min(cur, cap))
                 for s in w.starts(t):
-                    if s + size + grace > cur:
+                    if s + size + grace > closed_to:
                         yield k, s, v, t, o
 
         self._fold(part, gen(), ctx)
@@ -288,7 +292,7 @@ class WindowOp(Node):
             dirty.add(ks)
             touched.add(ks)
 
-    def _add_sessions(self, part: _WindowPartition, batch: Batch, ctx: TaskContext, wm: int, cap: int) -> None:
+    def _add_sessions(self, part: _WindowPartition, batch: Batch, ctx: TaskContext, wm: int, cap: int, floor: int) -> None:
         gap = self.window.gap_ms  # type: ignore[union-attr]
         grace = self.window.grace_ms
         create, add, merge = self.agg.create, self.agg.add, self.agg.merge
@@ -297,7 +301,7 @@ class WindowOp(Node):
         for k, v, t, o in zip(batch.keys, batch.values, batch.timestamps, batch.offsets, strict=True):
             if t > cur:
                 cur = t
-            closed_before = min(cur, cap) - grace  # a session ending by then has closed: nothing joins it
+            closed_before = max(floor, min(cur, cap)) - grace  # a session ending by then has closed: nothing joins it
             try:
                 new = [t, t + gap, add(create(), v, t)]
                 kept = []
@@ -438,8 +442,10 @@ class Dedupe(Node):
     kind = "dedupe"
     stateful = True
 
-    def __init__(self, name: str, key: Fn | None, version: Fn | None, ttl_ms: int | None) -> None:
+    def __init__(self, name: str, key: Fn | None, version: Fn | None, ttl_ms: int | None, *, across_partitions: bool = False) -> None:
         super().__init__(name)
+        # keyed by something else than the input topic's key: one state for every input partition
+        self.across = across_partitions
         self.key_fn = key
         self.version_fn = version
         self.ttl_ms = ttl_ms
@@ -448,6 +454,8 @@ class Dedupe(Node):
         self.wm: dict[int, int] = {}
 
     def open_partition(self, partition: int, state: dict[bytes, bytes], now_wall_ms: int) -> None:
+        if self.across and partition != 0:
+            return  # one state, kept under partition 0
         seen = {}
         for k, v in state.items():
             if k == _WM_KEY:
@@ -471,7 +479,7 @@ class Dedupe(Node):
         return out
 
     def process(self, batch: Batch, ctx: TaskContext) -> None:
-        p = ctx.partition
+        p = 0 if self.across else ctx.partition
         if p not in self.seen:
             self.open_partition(p, {}, ctx.now_wall_ms)
         seen, dirty = self.seen[p], self.dirty[p]

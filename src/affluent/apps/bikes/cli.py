@@ -1,0 +1,144 @@
+"""The bikes commands: `affluent run bikes`, `affluent analyze bikes`, `affluent bikes systems`."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+import typer
+from rich.table import Table as RichTable
+
+from affluent.apps.bikes.app import pipelines
+from affluent.apps.bikes.catalog import load_systems, search_systems
+from affluent.core.errors import AffluentError
+
+commands = typer.Typer(help="Bike-share systems (GBFS).", no_args_is_help=True)
+
+
+@commands.callback()
+def _bikes() -> None:
+    """Bike-share systems (GBFS)."""  # a callback keeps `systems` a subcommand, even while it is the only one
+
+
+def run_command(
+    feed: Annotated[
+        str | None,
+        typer.Option("--feed", help="A GBFS discovery URL (gbfs.json, GBFS 1.x/2.x/3.0), or a System ID from `affluent bikes systems`."),
+    ] = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Replay the bundled VéloZef recording instead of polling a feed.")] = False,
+    duration_s: Annotated[float | None, typer.Option("--duration", help="Stop after this many seconds.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live status table.")] = False,
+) -> None:
+    """Live bike-share stations and bikes from any GBFS feed (VéloZef Brest by default)."""
+    from affluent.cli.common import console, fail, settings
+    from affluent.cli.main import run_pipelines
+    from affluent.config import lake_path, serving_path
+
+    s = settings()
+    try:
+        # a feed named on the command line is what the user wants: no silent swap for the recording
+        made = pipelines(s, offline=offline or s.offline, feed=feed, fallback=False if feed else None)
+    except AffluentError as exc:
+        fail(exc)
+    for p in made:
+        for b in p.sources:
+            mode = "" if b.source.offline else " (live)"  # an offline source says so in its description
+            console.print(f"bikes: {b.source.describe()} -> {b.topic}{mode}", highlight=False, markup=False)
+    console.print(f"bikes: serving store {serving_path(s)}, lake {lake_path(s)}", highlight=False)
+    run_pipelines(made, duration_s=duration_s, quiet=quiet)
+
+
+def analyze_command(
+    day: Annotated[str, typer.Option("--day", help="The day to answer for, YYYY-MM-DD, in the system's time zone.")],
+    system: Annotated[str | None, typer.Option("--system", help="Only this system (its system_id).")] = None,
+    tz: Annotated[str | None, typer.Option("--tz", help="Time zone of the day (default: the feed's, else bikes.timezone).")] = None,
+    hourly: Annotated[bool, typer.Option("--hourly", help="Also show every station's hours.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON line per station (hours included).")] = False,
+    max_gap_min: Annotated[float, typer.Option("--max-gap", help="Minutes a snapshot's state may last when no newer one comes.")] = 10.0,
+) -> None:
+    """Per station and day: mean bikes and docks available (per hour and per day), minutes empty and full.
+
+    Time-weighted over the snapshots in the lake; days and hours in the system's time zone
+    (system_information.timezone, else bikes.timezone, Europe/Paris by default).
+    """
+    from affluent.analytics.base import DuckDBEngine
+    from affluent.analytics.bikes import station_days
+    from affluent.cli.common import console, fail, settings
+    from affluent.config import lake_path
+
+    try:
+        the_day = date.fromisoformat(day)
+    except ValueError:
+        fail(f"--day {day!r} is not a date: use YYYY-MM-DD")
+    if tz is not None:
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            fail(f"--tz {tz!r} is not a known time zone (such as Europe/Paris)")
+    s = settings()
+    try:
+        engine = DuckDBEngine(lake_path(s))
+        try:
+            rows = station_days(engine, the_day, system_id=system, tz=tz, default_tz=s.bikes.timezone, max_gap_ms=int(max_gap_min * 60_000))
+        finally:
+            engine.close()
+    except AffluentError as exc:
+        fail(exc)
+    if as_json:
+        for r in rows:
+            typer.echo(orjson.dumps(r.to_dict()).decode())
+        return
+    for (system_id, zone), group in _by_system(rows).items():
+        table = RichTable(title=f"{system_id}, {the_day.isoformat()} ({zone}): per station, time-weighted", title_justify="left")
+        table.add_column("station")
+        for col in ("mean bikes", "mean docks", "min empty", "min full", "min seen"):
+            table.add_column(col, justify="right")
+        for r in group:
+            table.add_row(r.name or r.station_id, _num(r.mean_bikes), _num(r.mean_docks),
+                          f"{r.minutes_empty:.1f}", f"{r.minutes_full:.1f}", f"{r.minutes_observed:.0f}")
+        console.print(table)
+        if hourly:
+            for r in group:
+                ht = RichTable(title=f"{r.name or r.station_id}: per hour", title_justify="left")
+                for col in ("hour", "mean bikes", "mean docks", "min empty", "min full", "min seen"):
+                    ht.add_column(col, justify="right")
+                for h in r.hours:
+                    ht.add_row(h["hour"], _num(h["mean_bikes"]), _num(h["mean_docks"]),
+                               f"{h['minutes_empty']:.1f}", f"{h['minutes_full']:.1f}", f"{h['minutes_observed']:.0f}")
+                console.print(ht)
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _by_system(rows: list) -> dict[tuple[str, str], list]:  # type: ignore[type-arg]
+    out: dict[tuple[str, str], list] = {}  # type: ignore[type-arg]
+    for r in rows:
+        out.setdefault((r.system_id, r.timezone), []).append(r)
+    return out
+
+
+@commands.command("systems")
+def systems_command(
+    country: Annotated[str | None, typer.Option("--country", help="Two-letter country code, such as FR.")] = None,
+    search: Annotated[str | None, typer.Option("--search", help="Text to find in the name, place or System ID.")] = None,
+    catalog: Annotated[Path | None, typer.Option("--catalog", help="A systems.csv to read instead of the bundled copy.")] = None,
+) -> None:
+    """List known public GBFS systems (a bundled subset of MobilityData's systems.csv)."""
+    from affluent.cli.common import console, fail
+
+    try:
+        found = search_systems(load_systems(catalog), country=country, text=search)
+    except AffluentError as exc:
+        fail(exc)
+    # two lines per system read well at any terminal width, and grep well
+    console.print(f"{len(found)} GBFS systems; run one with: affluent run bikes --feed <System ID>", highlight=False, markup=False)
+    for sys_ in found:
+        auth = ", needs a key" if sys_.needs_auth else ""
+        versions = " ; ".join(sys_.versions) or "?"
+        console.print(f"{sys_.system_id}  {sys_.name} ({sys_.location}), GBFS {versions}{auth}", highlight=False, markup=False, soft_wrap=True)
+        console.print(f"    {sys_.discovery_url}", highlight=False, markup=False, soft_wrap=True)
