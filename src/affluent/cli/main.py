@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.live import Live
 from rich.table import Table as RichTable
+from rich.text import Text
 
 from affluent.apps import available_apps
 from affluent.cli import topics
@@ -42,7 +43,8 @@ def _status_table(rt: Runtime, started: float) -> RichTable:
         table.add_column(col)
     for s in rt.status():
         mode = "" if s["kind"] != "source" else ("offline replay/simulator" if s.get("offline") else "live")
-        table.add_row(s["kind"], s["name"], s["status"], f"{s['records']:,}", mode, (s.get("error") or "")[:60])
+        cells = (s["kind"], s["name"], s["status"], f"{s['records']:,}", mode, (s.get("error") or "")[:60])
+        table.add_row(*(Text(c) for c in cells))
     return table
 
 
@@ -87,7 +89,7 @@ def up(
         for p in made:
             for b in p.sources:
                 mode = "offline (recorded replay or simulator)" if b.source.offline else "live"
-                console.print(f"app [bold]{name}[/]: source {b.source.describe()} -> {b.topic} [{mode}]", highlight=False)
+                console.print(Text.assemble("app ", (name, "bold"), f": source {b.source.describe()} -> {b.topic} ({mode})"))
     if not pipelines:
         fail("no app could be started")
     run_pipelines(pipelines, duration_s=duration_s, quiet=quiet)
