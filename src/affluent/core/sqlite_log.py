@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 
 from affluent.core.errors import (
@@ -45,6 +46,7 @@ from affluent.core.log import (
 from affluent.core.records import Record, RecordBatch, ValueDecoder, decode_batch, decode_chunks, encode_batch, encode_values
 
 SCHEMA_VERSION = "1"
+_RAW_ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
 MAX_BATCH_RECORDS = 8192
 MAX_BATCH_BYTES = 1 << 20
 
@@ -494,13 +496,21 @@ def _serialise(topic: str, value_format: str, batch: OutgoingBatch) -> tuple[lis
             return encode_values(values), False
         if batch.checked:
             return list(values), False
+        values = list(values)
+        try:
+            # one parse of the whole array into raw slices: every value must be exactly one slice
+            elements = _RAW_ARRAY.decode(b"".join((b"[", b",".join(values), b"]")))
+            if list(map(len, elements)) == list(map(len, values)):
+                return values, False
+        except msgspec.DecodeError:
+            pass
         loads = orjson.loads
         try:
             for v in values:
                 loads(v)
-            return list(values), False
+            return values, False
         except orjson.JSONDecodeError:
-            return list(values), True  # kept as sent: readers dead-letter the bad ones with the reason
+            return values, True  # kept as sent: readers dead-letter the bad ones with the reason
     out: list[bytes] = []
     for v in values:
         if isinstance(v, bytes | bytearray | memoryview):
