@@ -37,7 +37,7 @@ from affluent.core.operators import (
 from affluent.core.records import ValueDecoder
 from affluent.core.sinks import Sink
 from affluent.core.sources import Source
-from affluent.core.stateful import Dedupe, Enrich, Table, WindowOp
+from affluent.core.stateful import Dedupe, Enrich, KeyedStep, Step, Table, WindowOp
 from affluent.core.windows import Window
 
 if False:  # pragma: no cover - typing only, avoids an import cycle
@@ -235,6 +235,14 @@ class Stream:
     def enrich(self, table: Table, *, key: Fn, join: Callable[[Any, Any], Any], how: str = "left", name: str | None = None) -> Stream:
         """Lookup-join each record with `table[key(value)]`; `join(value, row)` makes the new value."""
         return self._then(Enrich(self._name(name, "enrich"), table, key, join, how))
+
+    def stateful(self, step: Step, *, key: Fn, name: str) -> Stream:
+        """Run `step(state, value, timestamp_ms) -> (new state, outputs)` with one state per `key(value)`.
+
+        For rules that windows and dedupe do not express; the state is checkpointed exactly once with
+        the outputs. See `affluent.core.stateful.KeyedStep`.
+        """
+        return self._then(KeyedStep(self._name(name, "stateful"), key, step), rekeyed=True)
 
     def window(
         self,

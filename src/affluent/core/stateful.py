@@ -528,6 +528,76 @@ class Dedupe(Node):
         self.emit(batch.select(keep), ctx)
 
 
+#: (state or None, value, event time ms) -> (new state or None to forget the key, output values)
+Step = Callable[[Any, Any, int], tuple[Any, list[Any]]]
+
+
+class KeyedStep(Node):
+    """Runs `step(state, value, timestamp_ms) -> (new state, outputs)` over each record, with its key's state.
+
+    For rules whose state lives as long as the rule says (an open request until stock recovers),
+    not as long as a window or a TTL. States are JSON values, checkpointed with the outputs and the
+    input offsets. `step` must not change the state it is given in place: it returns a new state,
+    the same object when nothing changed, or None to forget the key. A step that raises
+    dead-letters the record and leaves the key's state as it was. Outputs are keyed by the key.
+    """
+
+    kind = "stateful"
+    stateful = True
+
+    def __init__(self, name: str, key: Fn, step: Step) -> None:
+        super().__init__(name)
+        self.key_fn = key
+        self.step = step
+        # keyed by the step's own key: one state for every input partition, kept under partition 0
+        self.states: dict[Any, Any] = {}
+        self.dirty: set[Any] = set()
+
+    def open_partition(self, partition: int, state: dict[bytes, bytes], now_wall_ms: int) -> None:
+        if partition == 0:
+            self.states = {_hashable(orjson.loads(k)): orjson.loads(v) for k, v in state.items()}
+            self.dirty = set()
+
+    def state_changes(self) -> list[StateChange]:
+        out = [
+            StateChange(self.store, 0, orjson.dumps(k), None if self.states.get(k) is None else orjson.dumps(self.states[k]))
+            for k in self.dirty
+        ]
+        self.dirty.clear()
+        return out
+
+    def state_of(self, key: Any) -> Any:
+        return self.states.get(_hashable(key))
+
+    def process(self, batch: Batch, ctx: TaskContext) -> None:
+        states, dirty = self.states, self.dirty
+        step, key_fn = self.step, self.key_fn
+        keys: list[Any] = []
+        values: list[Any] = []
+        times: list[int] = []
+        offsets: list[int] = []
+        for v, t, o in zip(batch.values, batch.timestamps, batch.offsets, strict=True):
+            try:
+                k = _hashable(key_fn(v))
+                old = states.get(k)
+                new, outs = step(old, v, t)
+            except Exception as exc:
+                ctx.dead_letter(self.name, v, o, exc, timestamp_ms=t)
+                continue
+            if new is not old:
+                if new is None:
+                    states.pop(k, None)
+                else:
+                    states[k] = new
+                dirty.add(k)
+            for out in outs:
+                keys.append(k)
+                values.append(out)
+                times.append(t)
+                offsets.append(o)
+        self.emit(Batch(keys, values, times, offsets), ctx)
+
+
 class Table:
     """A keyed table fed by a topic: the latest value per key, read in full on start.
 
