@@ -140,7 +140,12 @@ def _mount_apps() -> None:
 
 
 def main() -> None:
-    _mount_apps()
+    import sys
+
+    # the topic tool needs no app: skip importing them (most of a CLI call's start-up time)
+    first = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+    if first not in ("topics", "version", "lake"):
+        _mount_apps()
     app()
 
 

@@ -239,7 +239,7 @@ class PipelineTask:
         """Read and process one round of batches; returns how many records were read."""
         ctx = self.ctx
         ctx.now_wall_ms = now_ms()
-        tables_fresh = not self.pipeline.tables
+        has_tables = bool(self.pipeline.tables)
         total = 0
         budget = self.pipeline.max_poll_records
         if self._multi_partition:
@@ -252,10 +252,9 @@ class PipelineTask:
             ctx.topic, ctx.partition = topic, part
             before = pos
             for rb in self.log.iter_batches(topic, part, pos, max_records=budget, decoder=root.decoder):
-                if not tables_fresh:
+                if has_tables:
                     # after reading input, so that a table row committed with (or before) it is seen
                     self._refresh_tables()
-                    tables_fresh = True
                 n = len(rb)
                 batch = Batch(rb.keys, rb.values, rb.timestamps, range(rb.base_offset, rb.base_offset + n))
                 if rb.failures:

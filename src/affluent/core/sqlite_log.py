@@ -141,7 +141,7 @@ class SQLiteLog(Log):
             msg = str(exc)
             where = f"{doing} the log {self.path}"
             if "locked" in msg or "busy" in msg:
-                raise LogBusyError(f"{where}: another process held the write lock for over {self._busy_timeout_s:.0f} s") from exc
+                raise LogBusyError(f"{where}: another process held the write lock for over {self._busy_timeout_s:g} s") from exc
             if "full" in msg:
                 raise LogFullError(f"{where}: the disk is full; the write was rolled back, nothing committed was lost") from exc
             if "not a database" in msg or "malformed" in msg or "corrupt" in msg:
@@ -213,6 +213,10 @@ class SQLiteLog(Log):
             conn.execute("DELETE FROM topics WHERE id=?", (topic_id,))
         with self._topics_lock:
             self._topics.pop(name, None)
+
+    def topic_exists(self, name: str) -> bool:
+        with self._errors(f"looking up topic {name!r} in"):
+            return self._conn().execute("SELECT 1 FROM topics WHERE name=?", (name,)).fetchone() is not None
 
     def list_topics(self) -> list[TopicInfo]:
         with self._errors("listing topics of"):
@@ -291,6 +295,8 @@ class SQLiteLog(Log):
     def read(self, topic: str, partition: int, offset: int, *, max_records: int = 10_000) -> list[RecordBatch]:
         conn = self._conn()
         topic_id, config = self._topic(topic, conn)
+        if not 0 <= partition < config.partitions:
+            raise ConfigError(f"topic {topic!r} has {config.partitions} partition(s), there is no partition {partition}")
         out: list[RecordBatch] = []
         seen = 0
         with self._errors(f"reading topic {topic!r} partition {partition} from"):
@@ -320,6 +326,8 @@ class SQLiteLog(Log):
     ) -> Iterator[RecordBatch]:
         conn = self._conn()
         topic_id, config = self._topic(topic, conn)
+        if not 0 <= partition < config.partitions:
+            raise ConfigError(f"topic {topic!r} has {config.partitions} partition(s), there is no partition {partition}")
         seen = 0
         while seen < max_records:
             # one stored batch per query: holding no cursor open while the caller processes
