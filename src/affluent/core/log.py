@@ -254,6 +254,10 @@ class Log(ABC):
     @abstractmethod
     def release_lease(self, name: str, owner: str) -> None: ...
 
+    @abstractmethod
+    def check_lease(self, name: str, owner: str) -> None:
+        """Raise FencedError unless `owner` still holds the lease on `name` (and renew it)."""
+
     # -- housekeeping -------------------------------------------------------------------------------
     @abstractmethod
     def enforce_retention(self, now_ms: int | None = None) -> int:

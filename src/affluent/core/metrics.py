@@ -32,7 +32,8 @@ class Metrics:
     def get(self, name: str, /, **labels: str) -> float:
         """Sum of a counter (or gauge) over the series matching `labels`."""
         want = set(labels.items())
-        series = self.counters.get(name) or self.gauges.get(name) or {}
+        with self._lock:
+            series = dict(self.counters.get(name) or self.gauges.get(name) or {})
         return sum(v for k, v in series.items() if want <= set(k))
 
     def samples(self) -> Iterator[tuple[str, str, Labels, float]]:

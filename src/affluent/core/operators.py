@@ -230,14 +230,14 @@ class WithTimestamp(Node):
 
     def process(self, batch: Batch, ctx: TaskContext) -> None:
         times, keep = apply_each(self.fn, batch, ctx, self.name)
-        if set(map(type, times)) - {int}:
+        if set(map(type, times)) - {int} or (times and (min(times) < -(1 << 62) or max(times) > 1 << 62)):
             if keep is None:
                 keep = [True] * len(times)
             for i, t in enumerate(times):
-                if keep[i] and type(t) is not int:
+                if keep[i] and (type(t) is not int or not -(1 << 62) <= t <= 1 << 62):
                     keep[i] = False
-                    ctx.dead_letter(self.name, batch.values[i], batch.offsets[i],
-                                    TypeError(f"event time must be int epoch ms, got {t!r}"), timestamp_ms=batch.timestamps[i])
+                    why = f"event time must be int epoch ms, got {t!r}" if type(t) is not int else f"event time {t} ms is out of range"
+                    ctx.dead_letter(self.name, batch.values[i], batch.offsets[i], TypeError(why), timestamp_ms=batch.timestamps[i])
         b = Batch(batch.keys, batch.values, times, batch.offsets)
         self.emit(b if keep is None else b.select(keep), ctx)
 

@@ -135,7 +135,8 @@ class Pipeline:
         self._step_name(name, "table")
         t = Table(name, topic, key=key, value=value)
         self.tables[name] = t
-        self.output_topics.setdefault(topic, config)
+        # a table is rebuilt from its topic at each start: by default the topic keeps everything
+        self.output_topics.setdefault(topic, config or TopicConfig(retention_ms=None))
         return t
 
     # -- introspection ---------------------------------------------------------------------------------

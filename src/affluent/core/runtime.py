@@ -49,6 +49,22 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+MIN_EVENT_MS, MAX_EVENT_MS = -(1 << 62), 1 << 62
+
+
+def event_time(t: Any, now: int) -> int:
+    """A source record's event time as int epoch ms (0 or None: now); floats are rounded down."""
+    if not t:
+        return now
+    if type(t) is not int:
+        if not isinstance(t, int | float) or t != t:
+            raise TypeError(f"event time must be epoch ms, got {t!r}")
+        t = int(t)
+    if not MIN_EVENT_MS <= t <= MAX_EVENT_MS:
+        raise ValueError(f"event time {t} ms is out of range")
+    return t
+
+
 def _jsonable(value: Any) -> Any:
     try:
         return orjson.loads(dumps(value))
@@ -137,6 +153,7 @@ class PipelineTask:
         self.ctx = TaskContext(pipeline.name, self.metrics, self.owner)
         self.positions: dict[tuple[str, int], int] = {}
         self.table_positions: dict[tuple[str, int], int] = {}
+        self.table_checked: dict[tuple[Any, ...], int] = {}
         self.records_in = 0
         self.last_commit_wall = 0
         self.status = "created"
@@ -179,25 +196,36 @@ class PipelineTask:
             node.store = f"{p.name}.{node.name}"
             for part_no in sorted(partitions):
                 node.open_partition(part_no, lg.load_state(node.store, part_no), now)
+        # how far each table topic was read at the last checkpoint: its bad rows were dead-lettered then
+        self.table_checked = {tuple(orjson.loads(k)): int(v) for k, v in lg.load_state(f"{p.name}.tables", 0).items()}
         for table in p.tables.values():
             table.rows.clear()
             info = lg.describe_topic(table.topic)
             for part in info.partitions:
                 self.table_positions[(table.topic, part.partition)] = part.start_offset
         self.ctx.checkpoint = Checkpoint(group=p.name, owner=self.owner)
+        for sink in p.sinks:
+            sink.discard()  # what they took since the last checkpoint will be written again
         self._refresh_tables()  # after the fresh checkpoint: dead letters of bad table rows go in it
         self._multi_partition = any(part > 0 for _, part in self.positions)
         self._dirty_offsets.clear()
         self._uncommitted = 0
 
     def close(self) -> None:
-        with contextlib.suppress(AffluentError):
+        try:
             if self.status == "running":
                 self.commit()
+        except Exception as exc:  # the last checkpoint failed: it is replayed at the next start
+            log.error("pipeline %s: the final commit failed: %s", self.pipeline.name, exc)
+            if self.status == "running":
+                self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            for sink in self.pipeline.sinks:
+                with contextlib.suppress(Exception):
+                    sink.discard()
         for sink in self.pipeline.sinks:
             with contextlib.suppress(Exception):
                 sink.close()
-        with contextlib.suppress(AffluentError):
+        with contextlib.suppress(Exception):
             self.log.release_lease(self.pipeline.name, self.owner)
         if self.status == "running":
             self.status = "stopped"
@@ -220,10 +248,13 @@ class PipelineTask:
 
     def _apply_table_batch(self, tables: list[Table], b: RecordBatch) -> None:
         ctx = self.ctx
+        checked = self.table_checked.get((b.topic, b.partition), -1)
         with ctx.at_partition(b.partition, b.topic):
             bad = {f.index for f in b.failures}
             for f in b.failures:
-                ctx.dead_letter(f"{b.topic}.decode", None, b.base_offset + f.index, f.error, timestamp_ms=b.timestamps[f.index], raw=f.raw)
+                if b.base_offset + f.index >= checked:
+                    ctx.dead_letter(f"{b.topic}.decode", None, b.base_offset + f.index, f.error,
+                                    timestamp_ms=b.timestamps[f.index], raw=f.raw)
             keys, values = b.keys, b.values
             if bad:
                 idx = [i for i in range(len(b)) if i not in bad]
@@ -233,7 +264,8 @@ class PipelineTask:
                 offsets = list(range(b.base_offset, b.next_offset))
             for t in tables:
                 for i, exc in t.apply(keys, values):
-                    ctx.dead_letter(t.name, values[i], offsets[i], exc)
+                    if offsets[i] >= checked:
+                        ctx.dead_letter(t.name, values[i], offsets[i], exc)
 
     def poll_once(self) -> int:
         """Read and process one round of batches; returns how many records were read."""
@@ -303,12 +335,19 @@ class PipelineTask:
         changes: list[StateChange] = []
         for node in self.pipeline.stateful_nodes():
             changes.extend(node.state_changes())
+        for tp, pos in self.table_positions.items():
+            if pos > self.table_checked.get(tp, -1):
+                self.table_checked[tp] = pos
+                changes.append(StateChange(f"{self.pipeline.name}.tables", 0, orjson.dumps(list(tp)), str(pos).encode()))
         cp.state = changes
         cp.offsets = {tp: self.positions[tp] for tp in self._dirty_offsets}
         if cp.is_empty() and now_ms() - self.last_commit_wall < LEASE_RENEW_MS:
             return  # nothing to commit, and the lease is fresh enough
-        for sink in self.pipeline.sinks:
-            sink.flush()
+        if self.pipeline.sinks:
+            # a process that lost its lease must not write outside the log either
+            self.log.check_lease(self.pipeline.name, self.owner)
+            for sink in self.pipeline.sinks:
+                sink.flush()
         self.log.commit_checkpoint(cp)
         self.metrics.inc("affluent_checkpoints_total", pipeline=self.pipeline.name)
         self.ctx.checkpoint = Checkpoint(group=self.pipeline.name, owner=self.owner)
@@ -375,7 +414,8 @@ class SourceTask:
         self._pending: tuple[Checkpoint, SourcePoll] | None = None
         self.log = log_
         self.metrics = metrics or METRICS
-        self.store = f"source.{binding.source.name}"
+        # resume position: per pipeline, so that two pipelines' sources of the same name do not mix
+        self.store = f"{lease[0]}.source.{binding.source.name}" if lease else f"source.{binding.source.name}"
         self.status = "created"
         self.error: str | None = None
         self.records_out = 0
@@ -426,15 +466,16 @@ class SourceTask:
             key = b.key
             for r in result.records:
                 k = r.key
-                if key is not None:
-                    try:
+                try:
+                    if key is not None:
                         k = key(r.value)
-                    except Exception as exc:  # one bad record: a dead letter, the others go on
-                        self._dead_letter(cp, r, exc)
-                        continue
+                    t = event_time(r.timestamp_ms, now)
+                except Exception as exc:  # one bad record: a dead letter, the others go on
+                    self._dead_letter(cp, r, exc)
+                    continue
                 out.keys.append(k if k is None or type(k) is str else str(k))
                 out.values.append(r.value)
-                out.timestamps.append(r.timestamp_ms or now)
+                out.timestamps.append(t)
                 if out.headers is not None:
                     out.headers.append(r.headers)
             try:
@@ -462,7 +503,7 @@ class SourceTask:
         src = self.binding.source.name
         doc = {"source": src, "step": f"{src}.key", "error": f"{type(exc).__name__}: {exc}", "error_type": type(exc).__name__,
                "topic": self.binding.topic, "partition": None, "offset": None, "value": _jsonable(r.value), "failed_at_ms": now_ms()}
-        cp.output(self.dlq_topic).extend([None], [dumps(doc)], [r.timestamp_ms or now_ms()])
+        cp.output(self.dlq_topic).extend([None], [dumps(doc)], [now_ms()])  # the record's own time may be what is wrong
         self.metrics.inc("affluent_dead_letters_total", pipeline=self.dlq_topic.removesuffix(".dlq"), step=f"{src}.key")
         log.warning("dead letter from source %s: %s: %s", src, type(exc).__name__, exc)
 

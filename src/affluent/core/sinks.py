@@ -21,7 +21,15 @@ class Sink(ABC):
 
     @abstractmethod
     def write(self, records: list[Record]) -> None:
-        """Take records; they may be buffered until `flush`."""
+        """Take records; they may be buffered until `flush`.
+
+        All or nothing: a write that raises has taken none of its records (the runtime then writes
+        them one by one and dead-letters those that fail), so check and convert before buffering.
+        """
+
+    def discard(self) -> None:  # noqa: B027 - optional hook
+        """Forget what was written since the last flush: the runtime goes back to its last checkpoint
+        and will write those records again."""
 
     def flush(self) -> None:  # noqa: B027 - optional hook
         """Make everything written so far durable. Called before each checkpoint commit."""

@@ -338,7 +338,14 @@ class SQLiteLog(Log):
                     "ORDER BY base_offset LIMIT 1",
                     (topic_id, partition, topic_id, partition, offset),
                 ).fetchone()
-            if row is None or base_end(row) <= offset:
+            if row is not None and base_end(row) <= offset:  # a gap (retention dropped the batch at offset): skip it
+                with self._errors(f"reading topic {topic!r} partition {partition} from"):
+                    row = conn.execute(
+                        "SELECT base_offset, count, data FROM batches WHERE topic_id=? AND partition=? AND base_offset > ? "
+                        "ORDER BY base_offset LIMIT 1",
+                        (topic_id, partition, offset),
+                    ).fetchone()
+            if row is None:
                 if seen == 0 and self._topic_moved(topic, topic_id):
                     yield from self.iter_batches(topic, partition, offset, max_records=max_records, decoder=decoder)
                 return
@@ -439,6 +446,12 @@ class SQLiteLog(Log):
                         f"last seen {(now - beat) / 1000:.1f} s ago); stop it first or wait {takeover_after_s:.0f} s"
                     )
             conn.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)", (name, owner, os.getpid(), host, now))
+
+    def check_lease(self, name: str, owner: str) -> None:
+        with self._write(f"checking the lease of pipeline {name!r} in") as conn:
+            cur = conn.execute("UPDATE leases SET heartbeat_ms=? WHERE name=? AND owner=?", (_now_ms(), name, owner))
+            if cur.rowcount == 0:
+                raise FencedError(f"pipeline {name!r} was taken over by another process; this one stops")
 
     def release_lease(self, name: str, owner: str) -> None:
         with self._write(f"releasing pipeline {name!r} in") as conn:

@@ -33,6 +33,31 @@ def _hashable(x: Any) -> Any:
     return tuple(_hashable(i) for i in x) if isinstance(x, list) else x
 
 
+_PLAIN_KEYS = {str, int, type(None), float, bool, tuple}
+
+
+def hashable_keys(batch: Batch, ctx: TaskContext, step: str) -> Batch:
+    """Keys as state can hold them: lists become tuples; a key that still cannot be hashed is a dead letter."""
+    if not (set(map(type, batch.keys)) - _PLAIN_KEYS):
+        return batch
+    keys: list[Any] = []
+    keep: list[bool] = []
+    for i, k in enumerate(batch.keys):
+        k = _hashable(k)
+        try:
+            hash(k)
+        except TypeError as exc:
+            ctx.dead_letter(step, batch.values[i], batch.offsets[i], TypeError(f"the key {k!r} cannot be a state key: {exc}"),
+                            timestamp_ms=batch.timestamps[i])
+            keys.append(None)
+            keep.append(False)
+            continue
+        keys.append(k)
+        keep.append(True)
+    out = Batch(keys, batch.values, batch.timestamps, batch.offsets)
+    return out if all(keep) else out.select(keep)
+
+
 class _WindowPartition:
     __slots__ = ("by_start", "dirty", "last_data_wall", "last_tick_wall", "pending", "pending_min", "sessions", "touched", "wins", "wm",
                  "wm_dirty")
@@ -145,9 +170,8 @@ class WindowOp(Node):
         part = self.parts.get(scope)
         if part is None:
             part = self.parts[scope] = _WindowPartition(ctx.now_wall_ms)
+        batch = hashable_keys(batch, ctx, self.name)
         ts = batch.timestamps
-        if batch.keys and type(batch.keys[0]) is list:
-            batch = Batch([_hashable(k) for k in batch.keys], batch.values, ts, batch.offsets)
         if self.across:
             own = self.input_wm.get(ctx.partition, MIN_TIME)
             cap = min((w for q, w in self.input_wm.items() if q != ctx.partition), default=MAX_TIME)
@@ -499,12 +523,16 @@ class Dedupe(Node):
         keep: list[bool] = []
         wm = self.wm[p]
         for i, (k, ver, t) in enumerate(zip(ids, versions, batch.timestamps, strict=True)):
-            k = _hashable(k)
-            prev = seen.get(k)
+            if t > wm:
+                wm = t
             expires = t + ttl if ttl is not None else None
             try:
-                fresh = prev is None or (ttl is not None and prev[1] <= t) or (ver is not None and (prev[0] is None or ver > prev[0]))
-            except TypeError as exc:  # a version of another type than before (a schema change)
+                k = _hashable(k)
+                prev = seen.get(k)
+                # expired by the watermark, record by record: the same answer however the log is batched
+                fresh = (prev is None or (ttl is not None and prev[1] <= wm)
+                         or (ver is not None and (prev[0] is None or ver > prev[0])))
+            except TypeError as exc:  # an unhashable key, or a version of another type than before (a schema change)
                 ctx.dead_letter(self.name, batch.values[i], batch.offsets[i], exc, timestamp_ms=t)
                 keep.append(False)
                 continue
@@ -515,8 +543,6 @@ class Dedupe(Node):
             elif expires is not None and prev is not None and expires > prev[1]:
                 prev[1] = expires  # forgotten ttl_ms after it was last seen, not last passed
                 dirty.add(k)
-            if t > wm:
-                wm = t
         dropped = len(keep) - sum(keep)
         if dropped:
             ctx.count_dropped(self.name, dropped)
@@ -652,7 +678,7 @@ class Enrich(Node):
         keep: list[bool] = []
         for v, o, t in zip(batch.values, batch.offsets, batch.timestamps, strict=True):
             try:
-                row = rows.get(self.key_fn(v))
+                row = rows.get(_hashable(self.key_fn(v)))
                 if row is None and inner:
                     keep.append(False)
                     out.append(None)

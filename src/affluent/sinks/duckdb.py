@@ -165,13 +165,31 @@ class DuckDBServingSink(Sink):
     # -- writing ----------------------------------------------------------------------------------------------
     def write(self, records: list[Record]) -> None:
         keys = self.key_columns
+        rows: list[dict[str, Any]] = []
         for r in records:
             row = self.row(r) if self.row is not None else r.value
             if row is None:
                 continue
             if not isinstance(row, dict):
                 raise ConfigError(f"serving table {self.table!r} takes dict rows, got {type(row).__name__}")
+            rows.append(row)
+        if not rows:
+            return
+        try:  # convert now: a row of the wrong type fails this write (a dead letter), never a flush
+            self._arrow(rows)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+            raise ConfigError(f"serving table {self.table!r}: a row does not fit its columns ({exc})") from exc
+        for row in rows:
             self._buffer[tuple(row.get(k) for k in keys)] = row
+
+    def discard(self) -> None:
+        self._buffer.clear()
+
+    def _arrow(self, rows: list[dict[str, Any]]) -> pa.Table:
+        data: dict[str, list[Any]] = {c: [r.get(c) for r in rows] for c in self.columns}
+        for c in self._json:
+            data[c] = [v if v is None or isinstance(v, str) else orjson.dumps(v).decode() for v in data[c]]
+        return pa.Table.from_pydict(data, schema=self.schema)
 
     def flush(self) -> None:
         if not self._buffer:
@@ -179,10 +197,7 @@ class DuckDBServingSink(Sink):
         if self._con is None:
             self.open()
         rows = list(self._buffer.values())
-        data: dict[str, list[Any]] = {c: [r.get(c) for r in rows] for c in self.columns}
-        for c in self._json:
-            data[c] = [v if v is None or isinstance(v, str) else orjson.dumps(v).decode() for v in data[c]]
-        batch = pa.Table.from_pydict(data, schema=self.schema)
+        batch = self._arrow(rows)
         cols = ", ".join(f'"{c}"' for c in self.columns)
         con = self._con
         view = f"_affluent_batch_{self.table}"

@@ -17,10 +17,13 @@ hold thousands of rows each, and `compact_lake` merges an hour's files into one.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
 import os
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ from affluent.core.errors import ConfigError, TerminalError
 from affluent.core.records import Record
 from affluent.core.sinks import Sink
 
+log = logging.getLogger("affluent.lake")
 _PART = re.compile(r"^part-(\d{10})-[0-9a-zA-Z]+\.parquet$")
 COMMITS = "_commits"
 
@@ -93,6 +97,18 @@ def _load_commits(ds: Path) -> tuple[int, dict[str, int]]:
     return last, offsets
 
 
+@contextlib.contextmanager
+def dataset_lock(ds: Path) -> Iterator[None]:
+    """Exclusive use of a dataset's files: one flush, recovery or compaction at a time, across processes."""
+    (ds / COMMITS).mkdir(parents=True, exist_ok=True)
+    with open(ds / COMMITS / ".lock", "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def _recover(ds: Path) -> tuple[int, dict[str, int]]:
     """Delete what a crashed flush or compaction left behind; return the committed position."""
     last, offsets = _load_commits(ds)
@@ -138,7 +154,8 @@ class ParquetLakeSink(Sink):
         self.tz = ZoneInfo(tz)
         self.seq = 0
         self.offsets: dict[str, int] = {}
-        self._buffer: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._buffer: dict[tuple[str, str], list[pa.Table]] = {}
+        self._warned = False
         self._pending: dict[str, int] = {}
         self.rows_written = 0
         self.files_written = 0
@@ -146,7 +163,8 @@ class ParquetLakeSink(Sink):
 
     def open(self) -> None:
         (self.path / COMMITS).mkdir(parents=True, exist_ok=True)
-        self.seq, self.offsets = _recover(self.path)
+        with dataset_lock(self.path):
+            self.seq, self.offsets = _recover(self.path)
         self._buffer.clear()
         self._pending.clear()
 
@@ -162,35 +180,70 @@ class ParquetLakeSink(Sink):
         return hit
 
     def write(self, records: list[Record]) -> None:
+        rows: list[dict[str, Any]] = []
+        parts: list[tuple[str, str]] = []
+        pending: dict[str, int] = {}
         for r in records:
             tp = f"{r.topic}:{r.partition}"
             if 0 <= r.offset <= self.offsets.get(tp, -1):
                 continue  # already in the lake: a replay after a crash
+            if r.offset < 0 and not self._warned:
+                self._warned = True
+                log.warning("lake %s: records without a source offset (window results) cannot be deduplicated after a crash; "
+                            "write them to a topic and feed the lake from that topic", self.dataset)
             row = self.row(r) if self.row is not None else r.value
             if not isinstance(row, dict):
                 raise ConfigError(f"lake {self.dataset!r} takes dict rows, got {type(row).__name__}")
             ms = self.time_ms(r) if self.time_ms is not None else r.timestamp_ms
-            self._buffer.setdefault(self._partition(int(ms)), []).append(row)
-            if r.offset >= 0 and r.offset > self._pending.get(tp, -1):
-                self._pending[tp] = r.offset
+            parts.append(self._partition(int(ms)))
+            rows.append(row)
+            if r.offset > pending.get(tp, -1):
+                pending[tp] = r.offset
+        if not rows:
+            return
+        # convert now, so that a row of the wrong type fails this write (a dead letter), never a flush
+        try:
+            table = pa.Table.from_pylist(rows, schema=self.schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+            raise ConfigError(f"lake {self.dataset!r}: a row does not fit the dataset's schema ({exc})") from exc
+        if self.schema is None:
+            self.schema = table.schema  # the first rows fix the columns; later rows must fit them
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, part in enumerate(parts):
+            groups.setdefault(part, []).append(i)
+        for part, idx in groups.items():
+            self._buffer.setdefault(part, []).append(table if len(idx) == len(rows) else table.take(idx))
+        for k, v in pending.items():
+            if v > self._pending.get(k, -1):
+                self._pending[k] = v
+
+    def discard(self) -> None:
+        self._buffer.clear()
+        self._pending.clear()
 
     def flush(self) -> None:
         if not self._buffer:
             return
-        seq = self.seq + 1
-        for (date, hour), rows in sorted(self._buffer.items()):
-            folder = self.path / f"date={date}" / f"hour={hour}"
-            folder.mkdir(parents=True, exist_ok=True)
-            table = pa.Table.from_pylist(rows, schema=self.schema)
-            _write_table(folder / f"part-{seq:010d}-{uuid.uuid4().hex[:8]}.parquet", table)
-            self.rows_written += len(rows)
-            self.files_written += 1
-        offsets = dict(self.offsets)
-        for k, v in self._pending.items():
-            offsets[k] = max(offsets.get(k, -1), v)
-        marker = {"seq": seq, "offsets": offsets, "rows": sum(len(r) for r in self._buffer.values())}
-        _atomic_write(self.path / COMMITS / f"{seq:010d}.json", orjson.dumps(marker))
-        self.seq, self.offsets = seq, offsets
+        with dataset_lock(self.path):
+            # what another writer (or a compaction) committed since we opened
+            self.seq, on_disk = _load_commits(self.path)
+            for k, v in on_disk.items():
+                self.offsets[k] = max(self.offsets.get(k, -1), v)
+            seq = self.seq + 1
+            rows = 0
+            for (date, hour), tables in sorted(self._buffer.items()):
+                folder = self.path / f"date={date}" / f"hour={hour}"
+                folder.mkdir(parents=True, exist_ok=True)
+                table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+                _write_table(folder / f"part-{seq:010d}-{uuid.uuid4().hex[:8]}.parquet", table)
+                rows += table.num_rows
+                self.files_written += 1
+            offsets = dict(self.offsets)
+            for k, v in self._pending.items():
+                offsets[k] = max(offsets.get(k, -1), v)
+            _atomic_write(self.path / COMMITS / f"{seq:010d}.json", orjson.dumps({"seq": seq, "offsets": offsets, "rows": rows}))
+            self.seq, self.offsets = seq, offsets
+            self.rows_written += rows
         self._buffer.clear()
         self._pending.clear()
 
@@ -208,34 +261,39 @@ def compact_lake(root: str | os.PathLike[str], dataset: str | None = None) -> di
     for ds in datasets:
         if not ds.exists():
             raise LakeError(f"no dataset {ds.name!r} in the lake at {root}")
-        last, offsets = _recover(ds)
-        stats["datasets"] += 1
-        groups: dict[Path, list[Path]] = {}
-        for f in _data_files(ds):
-            groups.setdefault(f.parent, []).append(f)
-        for folder, files in sorted(groups.items()):
-            stats["files_before"] += len(files)
-            if len(files) < 2:
-                stats["files_after"] += len(files)
-                continue
-            files.sort(key=_seq)
-            tables = [pq.read_table(f) for f in files]
-            merged = pa.concat_tables(tables, promote_options="permissive")
-            name = f"part-{_seq(files[-1]):010d}-c{uuid.uuid4().hex[:8]}.parquet"
-            marker = ds / COMMITS / f"compact-{uuid.uuid4().hex}.json"
-            _atomic_write(marker, orjson.dumps({"file": str((folder / name).relative_to(ds)),
-                                                "replaces": [str(f.relative_to(ds)) for f in files]}))
-            _write_table(folder / name, merged)
-            for f in files:
-                f.unlink()
-            marker.unlink()
-            stats["partitions_compacted"] += 1
-            stats["files_after"] += 1
-        # fold the flush markers into one, keeping the committed position
-        commits = sorted((ds / COMMITS).glob("[0-9]*.json"))
-        if len(commits) > 1:
-            _atomic_write(ds / COMMITS / f"{last:010d}.json", orjson.dumps({"seq": last, "offsets": offsets, "folded": len(commits)}))
-            for c in commits:
-                if c.name != f"{last:010d}.json":
-                    c.unlink()
+        with dataset_lock(ds):
+            _compact_dataset(ds, stats)
     return stats
+
+
+def _compact_dataset(ds: Path, stats: dict[str, int]) -> None:
+    last, offsets = _recover(ds)
+    stats["datasets"] += 1
+    groups: dict[Path, list[Path]] = {}
+    for f in _data_files(ds):
+        groups.setdefault(f.parent, []).append(f)
+    for folder, files in sorted(groups.items()):
+        stats["files_before"] += len(files)
+        if len(files) < 2:
+            stats["files_after"] += len(files)
+            continue
+        files.sort(key=_seq)
+        tables = [pq.read_table(f) for f in files]
+        merged = pa.concat_tables(tables, promote_options="permissive")
+        name = f"part-{_seq(files[-1]):010d}-c{uuid.uuid4().hex[:8]}.parquet"
+        marker = ds / COMMITS / f"compact-{uuid.uuid4().hex}.json"
+        _atomic_write(marker, orjson.dumps({"file": str((folder / name).relative_to(ds)),
+                                            "replaces": [str(f.relative_to(ds)) for f in files]}))
+        _write_table(folder / name, merged)
+        for f in files:
+            f.unlink()
+        marker.unlink()
+        stats["partitions_compacted"] += 1
+        stats["files_after"] += 1
+    # fold the flush markers into one, keeping the committed position
+    commits = sorted((ds / COMMITS).glob("[0-9]*.json"))
+    if len(commits) > 1:
+        _atomic_write(ds / COMMITS / f"{last:010d}.json", orjson.dumps({"seq": last, "offsets": offsets, "folded": len(commits)}))
+        for c in commits:
+            if c.name != f"{last:010d}.json":
+                c.unlink()
