@@ -94,6 +94,8 @@ class TaskContext:
         self.dead_letters = 0
         #: input partitions that had unread records when this poll began
         self.backlog: set[int] = set()
+        #: input partitions read to their end by the last poll: only their watermarks may follow the wall clock
+        self.caught_up: set[int] = set()
 
     @contextlib.contextmanager
     def at_partition(self, partition: int, topic: str = "") -> Iterator[None]:
@@ -283,6 +285,7 @@ class PipelineTask:
             root = self.pipeline.inputs[topic]
             ctx.topic, ctx.partition = topic, part
             before = pos
+            read_here = 0
             for rb in self.log.iter_batches(topic, part, pos, max_records=budget, decoder=root.decoder):
                 if has_tables:
                     # after reading input, so that a table row committed with (or before) it is seen
@@ -298,6 +301,11 @@ class PipelineTask:
                 root.process(batch, ctx)
                 pos = rb.next_offset
                 total += n
+                read_here += n
+            if read_here < budget:
+                ctx.caught_up.add(part)
+            else:
+                ctx.caught_up.discard(part)
             if pos != before:
                 self.positions[(topic, part)] = pos
                 self._dirty_offsets.add((topic, part))

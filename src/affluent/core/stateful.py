@@ -440,8 +440,8 @@ class WindowOp(Node):
         if idle is None:
             return
         for p, part in self.parts.items():
-            if part.wm == MIN_TIME:
-                continue
+            if part.wm == MIN_TIME or (not self.across and p not in ctx.caught_up):
+                continue  # during a catch-up, a filter dropping everything for a while is not idleness
             if now_wall_ms - part.last_data_wall >= idle:
                 part.wm += now_wall_ms - max(part.last_tick_wall, part.last_data_wall + idle)
                 part.last_tick_wall = now_wall_ms
