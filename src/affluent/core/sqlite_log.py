@@ -330,21 +330,15 @@ class SQLiteLog(Log):
             raise ConfigError(f"topic {topic!r} has {config.partitions} partition(s), there is no partition {partition}")
         seen = 0
         while seen < max_records:
-            # one stored batch per query: holding no cursor open while the caller processes
+            # one stored batch per query, and one statement (a consistent snapshot): the first batch that ends
+            # after `offset` — the one holding it, or the next one after a gap. A batch holds at most
+            # MAX_BATCH_RECORDS records, which bounds the index range to scan.
             with self._errors(f"reading topic {topic!r} partition {partition} from"):
                 row = conn.execute(
-                    "SELECT base_offset, count, data FROM batches WHERE topic_id=? AND partition=? AND base_offset >= "
-                    "(SELECT coalesce(max(base_offset), 0) FROM batches WHERE topic_id=? AND partition=? AND base_offset <= ?) "
-                    "ORDER BY base_offset LIMIT 1",
-                    (topic_id, partition, topic_id, partition, offset),
+                    "SELECT base_offset, count, data FROM batches WHERE topic_id=? AND partition=? AND base_offset > ? "
+                    "AND base_offset + count > ? ORDER BY base_offset LIMIT 1",
+                    (topic_id, partition, offset - MAX_BATCH_RECORDS, offset),
                 ).fetchone()
-            if row is not None and base_end(row) <= offset:  # a gap (retention dropped the batch at offset): skip it
-                with self._errors(f"reading topic {topic!r} partition {partition} from"):
-                    row = conn.execute(
-                        "SELECT base_offset, count, data FROM batches WHERE topic_id=? AND partition=? AND base_offset > ? "
-                        "ORDER BY base_offset LIMIT 1",
-                        (topic_id, partition, offset),
-                    ).fetchone()
             if row is None:
                 if seen == 0 and self._topic_moved(topic, topic_id):
                     yield from self.iter_batches(topic, partition, offset, max_records=max_records, decoder=decoder)
@@ -503,10 +497,6 @@ class SQLiteLog(Log):
                         (topic_id, p, topic_id, p),
                     )
         return dropped
-
-
-def base_end(row: tuple[int, int, bytes]) -> int:
-    return row[0] + row[1]
 
 
 def _serialise(topic: str, value_format: str, batch: OutgoingBatch) -> tuple[list[bytes], bool]:
