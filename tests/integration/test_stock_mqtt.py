@@ -23,7 +23,7 @@ import pytest
 
 from affluent.analytics.base import DuckDBEngine
 from affluent.apps.stock.mqtt import publish_simulation, telemetry_topic
-from affluent.apps.stock.pipeline import ALERTS, READINGS, RESTOCK, build_pipelines, caught_up, mqtt_source, simulator_source
+from affluent.apps.stock.pipeline import ALERTS, READINGS, RESTOCK, build_pipelines, mqtt_source, simulator_source
 from affluent.config import StockSettings
 from affluent.core.log import Log
 from affluent.core.metrics import Metrics
@@ -109,7 +109,7 @@ def start_app(url: str, log: Log, lake: Path) -> tuple[Runtime, MqttSource]:
 def stop_when_drained(rt: Runtime, log: Log, readings: int) -> None:
     try:
         wait_for(lambda: count(log, READINGS) >= readings, 30, f"{readings} records in {READINGS}")
-        wait_for(lambda: all(caught_up(t, log) for t in rt.tasks), 30, "the pipelines to catch up")
+        wait_for(lambda: all(t.caught_up() for t in rt.tasks), 30, "the pipelines to catch up")
     finally:
         rt.stop()
     assert not rt.errors

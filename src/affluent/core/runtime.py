@@ -26,6 +26,7 @@ from affluent.core.errors import (
     FencedError,
     LogBusyError,
     LogFullError,
+    PipelineError,
     TerminalError,
     TransientError,
 )
@@ -316,6 +317,17 @@ class PipelineTask:
         for node in self.pipeline.stateful_nodes():
             node.tick(ctx, ctx.now_wall_ms)
         return total
+
+    def caught_up(self) -> bool:
+        """True when the task runs and has read everything its input topics hold."""
+        if self.status != "running":
+            return False
+        ends: dict[str, dict[int, int]] = {}
+        for (topic, part), pos in list(self.positions.items()):
+            end = (ends.get(topic) or ends.setdefault(topic, self.log.end_offsets(topic))).get(part, pos)
+            if pos < end:
+                return False
+        return True
 
     def finish(self) -> None:
         """Treat the input as ended: close every open window, then commit."""
@@ -636,6 +648,33 @@ class Runtime:
             pass
         finally:
             self.stop()
+
+    def drained(self) -> bool:
+        """Every source is done and every pipeline has read all of its input."""
+        return all(st.status == "done" for st in self.source_tasks) and all(t.caught_up() for t in self.tasks)
+
+    def run_until_drained(self, *, timeout_s: float | None = None) -> None:
+        """For bounded runs (a simulated period, a test): start, wait until `drained()`, then stop.
+
+        Stopping commits what was read, sinks included. Raises the first task error, PipelineError for
+        a source that failed, and TimeoutError naming the status when `timeout_s` passes first.
+        """
+        self.start()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        try:
+            while not self.drained():
+                if self.errors:
+                    raise self.errors[0]
+                failed = [st for st in self.source_tasks if st.status == "failed"]
+                if failed:
+                    raise PipelineError(f"source {failed[0].binding.source.name} failed: {failed[0].error}")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"the pipelines did not drain in {timeout_s} s; status: {self.status()}")
+                time.sleep(0.05)
+        finally:
+            self.stop()
+        if self.errors:
+            raise self.errors[0]
 
     def status(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

@@ -235,19 +235,47 @@ def vehicle_alerts(v: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # -- per-minute aggregates -----------------------------------------------------------------------------------------
-class StationCounts(Aggregate):
-    """Counts of the latest station_status snapshot in a window: [snapshot_ms, stations, empty, full, saturated, bikes, docks]."""
+class _LatestSnapshot(Aggregate):
+    """Counts over the latest snapshot seen in a window; accumulator [snapshot_ms, counts...].
 
-    name = "stations"
+    Records of an older snapshot of the same window are ignored; a newer snapshot starts afresh.
+    """
+
+    #: the accumulator of a fresh snapshot, after its time
+    empty: tuple[Any, ...] = ()
 
     def create(self) -> Any:
         return None
 
-    def add(self, acc: Any, value: Any, timestamp_ms: int) -> Any:
+    def current(self, acc: Any, timestamp_ms: int) -> Any:
+        """The accumulator to add to, or None when the record belongs to an older snapshot."""
         if acc is None or timestamp_ms > acc[0]:
-            acc = [timestamp_ms, 0, 0, 0, 0, 0, 0]
-        elif timestamp_ms < acc[0]:
+            return [timestamp_ms, *(list(x) if isinstance(x, list) else x for x in self.empty)]
+        return None if timestamp_ms < acc[0] else acc
+
+    def merge(self, a: Any, b: Any) -> Any:
+        if a is None or (b is not None and b[0] > a[0]):
+            return b
+        if b is None or b[0] < a[0]:
+            return a
+        return self.combine(a, b)
+
+    def combine(self, a: Any, b: Any) -> Any:
+        """Two accumulators of the same snapshot."""
+        return [a[0], *(x + y for x, y in zip(a[1:], b[1:], strict=True))]
+
+
+class StationCounts(_LatestSnapshot):
+    """Counts of the latest station_status snapshot in a window: [snapshot_ms, stations, empty, full, saturated, bikes, docks]."""
+
+    name = "stations"
+    empty = (0, 0, 0, 0, 0, 0)
+
+    def add(self, acc: Any, value: Any, timestamp_ms: int) -> Any:
+        cur = self.current(acc, timestamp_ms)
+        if cur is None:
             return acc  # an older snapshot of the same minute
+        acc = cur
         bikes, docks = value["num_bikes_available"], value.get("num_docks_available")
         empty, full, saturated = station_flags(bikes, docks)
         acc[1] += 1
@@ -257,13 +285,6 @@ class StationCounts(Aggregate):
         acc[5] += bikes
         acc[6] += docks or 0
         return acc
-
-    def merge(self, a: Any, b: Any) -> Any:
-        if a is None or (b is not None and b[0] > a[0]):
-            return b
-        if b is None or b[0] < a[0]:
-            return a
-        return [a[0], *(x + y for x, y in zip(a[1:], b[1:], strict=True))]
 
     def result(self, acc: Any) -> dict[str, Any]:
         t, n, empty, full, saturated, bikes, docks = acc
@@ -282,19 +303,17 @@ def _top_key(item: list[Any]) -> tuple[float, str]:
     return -item[0], item[1]
 
 
-class VehicleCounts(Aggregate):
+class VehicleCounts(_LatestSnapshot):
     """The latest vehicle snapshot in a window: how many bikes, abandoned, reserved, disabled, and the top by range."""
 
     name = "vehicles"
-
-    def create(self) -> Any:
-        return None
+    empty = (0, 0, 0, 0, [])
 
     def add(self, acc: Any, value: Any, timestamp_ms: int) -> Any:
-        if acc is None or timestamp_ms > acc[0]:
-            acc = [timestamp_ms, 0, 0, 0, 0, []]
-        elif timestamp_ms < acc[0]:
+        cur = self.current(acc, timestamp_ms)
+        if cur is None:
             return acc
+        acc = cur
         acc[1] += 1
         acc[2] += value["is_abandoned"]
         acc[3] += value["is_reserved"]
@@ -309,11 +328,7 @@ class VehicleCounts(Aggregate):
                 del top[TOP_RANGE:]
         return acc
 
-    def merge(self, a: Any, b: Any) -> Any:
-        if a is None or (b is not None and b[0] > a[0]):
-            return b
-        if b is None or b[0] < a[0]:
-            return a
+    def combine(self, a: Any, b: Any) -> Any:
         top = sorted(a[5] + b[5], key=_top_key)[:TOP_RANGE]
         return [a[0], a[1] + b[1], a[2] + b[2], a[3] + b[3], a[4] + b[4], top]
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -38,11 +37,11 @@ from affluent.apps.stock.readings import (
 from affluent.apps.stock.restock import RestockRule
 from affluent.apps.stock.simulator import StockSimulator
 from affluent.config import Settings, StockSettings, lake_path
-from affluent.core.errors import ConfigError, PipelineError
+from affluent.core.errors import ConfigError
 from affluent.core.log import Log, TopicConfig
 from affluent.core.metrics import Metrics
 from affluent.core.pipeline import Pipeline, Stream
-from affluent.core.runtime import PipelineTask, Runtime
+from affluent.core.runtime import Runtime
 from affluent.core.sources import Source
 from affluent.sinks.lake import ParquetLakeSink
 from affluent.sources.iot import MqttSource, SimulatorSource
@@ -170,36 +169,10 @@ def run_until_drained(pipes: list[Pipeline], log_: Log, *, timeout_s: float | No
     rt = Runtime(log_, metrics=metrics or Metrics())
     for p in pipes:
         rt.add(p)
-    rt.start()
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    try:
-        while True:
-            if rt.errors:
-                raise rt.errors[0]
-            failed = [st for st in rt.source_tasks if st.status == "failed"]
-            if failed:
-                raise PipelineError(f"source {failed[0].binding.source.name} failed: {failed[0].error}")
-            if all(st.status == "done" for st in rt.source_tasks) and all(caught_up(t, log_) for t in rt.tasks):
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"the stock pipelines did not drain in {timeout_s} s; status: {rt.status()}")
-            time.sleep(0.05)
-    finally:
-        rt.stop()
-    if rt.errors:
-        raise rt.errors[0]
+    rt.run_until_drained(timeout_s=timeout_s)
     counts = {}
     for topic in (READINGS, ALERTS, RESTOCK, "stock.dlq"):
         counts[topic] = log_.describe_topic(topic).records if log_.topic_exists(topic) else 0
     return counts
 
 
-def caught_up(task: PipelineTask, log_: Log) -> bool:
-    """True when a running pipeline task has read everything its input topics hold."""
-    if task.status != "running":
-        return False
-    for (topic, part), pos in list(task.positions.items()):
-        end = next(p.end_offset for p in log_.describe_topic(topic).partitions if p.partition == part)
-        if pos < end:
-            return False
-    return True
