@@ -82,8 +82,9 @@ def main() -> int:
     try:
         log = SQLiteLog(folder / "log.db")
         log.create_topic("readings", TopicConfig(retention_ms=None))
-        sink = TimedServingSink(folder / "serving.duckdb", "latest", key_columns=["sensor"],
-                                columns={"sensor": "VARCHAR", "value": "BIGINT", "sent_ms": "DOUBLE"})
+        sink = TimedServingSink(
+            folder / "serving.duckdb", "latest", key_columns=["sensor"], columns={"sensor": "VARCHAR", "value": "BIGINT", "sent_ms": "DOUBLE"}
+        )
         p = Pipeline("latency", commit_interval_ms=args.commit_interval_ms, poll_interval_ms=5)
         p.topic("readings").filter(col("value") >= 0, name="valid").key_by(col("sensor"), name="by-sensor").to_sink(sink)
         rt = Runtime(log, metrics=Metrics())

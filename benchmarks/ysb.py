@@ -68,15 +68,19 @@ def make_events(n: int, ads: dict[str, str], seed: int, rate_per_s: int) -> list
     dumps = orjson.dumps
     out = []
     for i in range(n):
-        out.append(dumps({
-            "user_id": rnd.choice(users),
-            "page_id": rnd.choice(pages),
-            "ad_id": rnd.choice(ad_ids),
-            "ad_type": rnd.choice(AD_TYPES),
-            "event_type": rnd.choice(EVENT_TYPES),
-            "event_time": int(start + i * step) - rnd.randrange(2000),
-            "ip_address": f"10.{rnd.randrange(256)}.{rnd.randrange(256)}.{rnd.randrange(256)}",
-        }))
+        out.append(
+            dumps(
+                {
+                    "user_id": rnd.choice(users),
+                    "page_id": rnd.choice(pages),
+                    "ad_id": rnd.choice(ad_ids),
+                    "ad_type": rnd.choice(AD_TYPES),
+                    "event_type": rnd.choice(EVENT_TYPES),
+                    "event_time": int(start + i * step) - rnd.randrange(2000),
+                    "ip_address": f"10.{rnd.randrange(256)}.{rnd.randrange(256)}.{rnd.randrange(256)}",
+                }
+            )
+        )
     return out
 
 

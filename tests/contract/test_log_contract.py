@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from affluent.core.clock import now_ms
 from affluent.core.errors import (
     ConfigError,
     FencedError,
@@ -31,10 +32,6 @@ HOUR_MS = 3_600_000
 def log(log_backend: Any) -> Log:
     """A client on the backend under test (for this module, instead of the SQLite-only `log` of tests/conftest.py)."""
     return log_backend.open()
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _all(log: Log, topic: str, partition: int = 0, offset: int = 0) -> list[Record]:
@@ -202,8 +199,7 @@ def test_append_returns_offsets_and_offsets_continue(log: Log) -> None:
 def test_records_round_trip_keys_values_times_headers(log: Log) -> None:
     log.create_topic("t")
     sent = [
-        Record(value={"nested": {"a": [1, 2.5, None, True]}, "s": "héllo ✓"}, key="k1", timestamp_ms=1_700_000_000_123,
-               headers={"src": "x"}),
+        Record(value={"nested": {"a": [1, 2.5, None, True]}, "s": "héllo ✓"}, key="k1", timestamp_ms=1_700_000_000_123, headers={"src": "x"}),
         Record(value=[1, "two", 3.0], key=None, timestamp_ms=0, headers=None),
         Record(value="just a string", key="k2", timestamp_ms=-5, headers={"a": "1", "b": "ü"}),
         Record(value=None, key="", timestamp_ms=2**53, headers={}),
@@ -286,10 +282,8 @@ def test_iter_batches_reads_what_read_reads(log: Log) -> None:
     log.append("t", [Record(value={"i": i}, key=f"k{i}", timestamp_ms=i, headers={"n": str(i)}) for i in range(10, 1510)])
     log.append("t", _recs(5, start=1510))
     for start in (0, 5, 10, 11, 600, 1509, 1510, 1514):
-        via_read = [(r.offset, r.key, r.value, r.timestamp_ms, r.headers) for b in log.read("t", 0, start, max_records=10**6)
-                    for r in b.records()]
-        via_iter = [(r.offset, r.key, r.value, r.timestamp_ms, r.headers) for b in log.iter_batches("t", 0, start, max_records=10**6)
-                    for r in b.records()]
+        via_read = [(r.offset, r.key, r.value, r.timestamp_ms, r.headers) for b in log.read("t", 0, start, max_records=10**6) for r in b.records()]
+        via_iter = [(r.offset, r.key, r.value, r.timestamp_ms, r.headers) for b in log.iter_batches("t", 0, start, max_records=10**6) for r in b.records()]
         assert via_iter == via_read, start
         assert [o for o, *_ in via_iter] == list(range(start, 1515))
     assert list(log.iter_batches("t", 0, 1515)) == []
@@ -416,16 +410,16 @@ def test_failed_checkpoint_applies_nothing(log: Log) -> None:
 def test_retention_by_age(log: Log) -> None:
     log.create_topic("old", TopicConfig(retention_ms=HOUR_MS))
     log.create_topic("forever", TopicConfig(retention_ms=None))
-    t0 = _now_ms()
+    t0 = now_ms()
     log.append("old", _recs(4, ts=t0))
     log.append("forever", _recs(4, ts=t0))
     time.sleep(0.005)
-    mid = _now_ms()
+    mid = now_ms()
     time.sleep(0.005)
-    t1 = _now_ms()
+    t1 = now_ms()
     log.append("old", _recs(3, start=4, ts=t1))
     assert log.enforce_retention() == 0  # nothing is an hour old yet
-    dropped = log.enforce_retention(now_ms=mid + HOUR_MS)
+    dropped = log.enforce_retention(at_ms=mid + HOUR_MS)
     assert dropped == 4
     p = log.describe_topic("old").partitions[0]
     assert (p.start_offset, p.end_offset, p.records) == (4, 7, 3)
@@ -435,7 +429,7 @@ def test_retention_by_age(log: Log) -> None:
     assert [r.value["i"] for b in log.read("old", 0, 2) for r in b.records()] == [4, 5, 6]
     assert log.describe_topic("forever").records == 4
     # everything goes, the offsets go on
-    assert log.enforce_retention(now_ms=t1 + 2 * HOUR_MS) == 3
+    assert log.enforce_retention(at_ms=t1 + 2 * HOUR_MS) == 3
     p = log.describe_topic("old").partitions[0]
     assert (p.start_offset, p.end_offset, p.records) == (7, 7, 0)
     assert log.read("old", 0, 0) == []

@@ -17,8 +17,7 @@ COLUMNS = {"system_id": "VARCHAR", "station_id": "VARCHAR", "bikes": "INTEGER", 
 
 
 def rec(station: str, bikes: int, ts: int, offset: int = 0) -> Record:
-    return Record(value={"system_id": "s", "station_id": station, "bikes": bikes, "full": bikes == 0, "ts": ts, "extra": {"n": bikes}},
-                  offset=offset)
+    return Record(value={"system_id": "s", "station_id": station, "bikes": bikes, "full": bikes == 0, "ts": ts, "extra": {"n": bikes}}, offset=offset)
 
 
 def sink(path: Path, **kw: object) -> DuckDBServingSink:

@@ -50,8 +50,9 @@ def cli(tmp_path: Path, cli_env: dict[str, str]) -> object:
     env = cli_env
 
     def run(*args: str, stdin: str | None = None) -> Result:
-        r = subprocess.run([str(AFFLUENT), "topics", *args], input=stdin if stdin is not None else "", capture_output=True, text=True,
-                           cwd=tmp_path, env=env, timeout=60)
+        r = subprocess.run(
+            [str(AFFLUENT), "topics", *args], input=stdin if stdin is not None else "", capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60
+        )
         return Result(r.returncode, r.stdout, r.stderr)
 
     return run
@@ -89,7 +90,8 @@ def test_topics_create_produce_tail_describe_list_delete(cli: object, tmp_path: 
     docs = [orjson.loads(line) for line in r.out.splitlines()]
     stored = read_topic(_log(tmp_path), "stations")
     assert [(d["partition"], d["offset"], d["key"], d["value"], d["timestamp_ms"]) for d in docs] == [
-        (x.partition, x.offset, x.key, x.value, x.timestamp_ms) for x in stored]
+        (x.partition, x.offset, x.key, x.value, x.timestamp_ms) for x in stored
+    ]
     assert sorted((d["key"], d["value"]["bikes"]) for d in docs) == [("s1", 2), ("s1", 3), ("s2", 0)]
     assert [d["value"]["bikes"] for d in docs if d["key"] == "s1"] == [3, 2]  # a key's records stay in order
     assert all(d["timestamp_ms"] > 1_600_000_000_000 for d in docs)
@@ -111,13 +113,16 @@ def test_topics_create_produce_tail_describe_list_delete(cli: object, tmp_path: 
     assert "stations  partitions=2 retention=1 h retention_bytes=- format=json" in r.out
     rows = _rows(r.out)
     assert sorted((row[0], row[1], row[2], row[3]) for row in rows if len(row) == 7) == sorted(
-        (str(p.partition), "0", str(p.end_offset), str(p.records)) for p in info.partitions)
+        (str(p.partition), "0", str(p.end_offset), str(p.records)) for p in info.partitions
+    )
     assert ["bikes", str(busy.partition), "1", str(busy.end_offset - 1)] in rows  # the group's committed offset and lag
 
     r = run("list")
     assert r.code == 0, r.err
     assert sorted((row[0], row[1], row[2], row[4], row[5]) for row in _rows(r.out)) == [
-        ("notes", "1", "2", "7 d", "json"), ("stations", "2", "3", "1 h", "json")]
+        ("notes", "1", "2", "7 d", "json"),
+        ("stations", "2", "3", "1 h", "json"),
+    ]
 
     r = run("delete", "stations", "--yes")
     assert (r.code, r.out.strip()) == (0, "deleted topic stations")
@@ -170,8 +175,9 @@ def test_tail_follow_prints_new_records_until_interrupted(cli_env: dict[str, str
     lg = _log(tmp_path)
     lg.create_topic("live")
     lg.append("live", [Record(value={"n": 0}, key="a", timestamp_ms=1)])
-    proc = subprocess.Popen([str(AFFLUENT), "topics", "tail", "live", "--follow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=tmp_path, env=cli_env)
+    proc = subprocess.Popen(
+        [str(AFFLUENT), "topics", "tail", "live", "--follow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=cli_env
+    )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
     try:

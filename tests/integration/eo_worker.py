@@ -65,8 +65,7 @@ def build(chunk: int) -> Pipeline:
         .dedupe(name="dedupe", key=lambda v: v["id"], ttl_ms=60_000)
         .key_by(lambda v: v["key"], name="by-key")
         .map(lambda v: {**v, "amount": int(v["amount"])}, name="parse-amount")
-        .window(TumblingWindow(size_ms=1_000, grace_ms=500, idle_ms=None), {"n": Count(), "total": Sum("amount"), "top": Max("amount")},
-                name="per-second")
+        .window(TumblingWindow(size_ms=1_000, grace_ms=500, idle_ms=None), {"n": Count(), "total": Sum("amount"), "top": Max("amount")}, name="per-second")
         .to_topic("eo.windows", config=TopicConfig(retention_ms=None))
     )
     return p

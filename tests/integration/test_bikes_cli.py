@@ -25,9 +25,18 @@ def affluent(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[s
 
 def test_offline_fallback_then_analyze(tmp_path: Path) -> None:
     # no network here: the configured feed cannot be reached, so the recording is replayed, and said so
-    run = affluent(tmp_path, "run", "bikes", "--duration", "4", "--quiet",
-                   AFFLUENT__BIKES__FEED="http://127.0.0.1:9/gbfs.json", AFFLUENT__BIKES__PROBE_TIMEOUT_S="1",
-                   AFFLUENT__BIKES__REPLAY_SPEED="240", AFFLUENT__BIKES__LAKE_COMMIT_S="1")
+    run = affluent(
+        tmp_path,
+        "run",
+        "bikes",
+        "--duration",
+        "4",
+        "--quiet",
+        AFFLUENT__BIKES__FEED="http://127.0.0.1:9/gbfs.json",
+        AFFLUENT__BIKES__PROBE_TIMEOUT_S="1",
+        AFFLUENT__BIKES__REPLAY_SPEED="240",
+        AFFLUENT__BIKES__LAKE_COMMIT_S="1",
+    )
     out = run.stdout + run.stderr
     assert run.returncode == 0, out
     assert "cannot be reached" in out and "replaying the bundled VéloZef recording" in out

@@ -143,8 +143,13 @@ def expected_day(day: Day) -> dict[str, dict[str, Any]]:
                 acc[4] += ms if docks == 0 else 0
 
         def answer(acc: list[float]) -> dict[str, float]:
-            return {"minutes_observed": acc[0] / MINUTE, "mean_bikes": acc[1] / acc[0], "mean_docks": acc[2] / acc[0],
-                    "minutes_empty": acc[3] / MINUTE, "minutes_full": acc[4] / MINUTE}
+            return {
+                "minutes_observed": acc[0] / MINUTE,
+                "mean_bikes": acc[1] / acc[0],
+                "mean_docks": acc[2] / acc[0],
+                "minutes_empty": acc[3] / MINUTE,
+                "minutes_full": acc[4] / MINUTE,
+            }
 
         out[sid] = {**answer(total), "hours": {h: answer(acc) for h, acc in sorted(hours.items())}}
     return out
@@ -201,7 +206,11 @@ def test_live_per_minute_windows(replayed_day: dict[str, Any]) -> None:
     for start, w in want_vm.items():
         g = vm[start]
         assert (g["vehicles"], g["abandoned_count"], g["reserved_count"], g["disabled_count"]) == (
-            w["vehicles"], w["abandoned_count"], w["reserved_count"], w["disabled_count"]), start
+            w["vehicles"],
+            w["abandoned_count"],
+            w["reserved_count"],
+            w["disabled_count"],
+        ), start
         assert [(t["vehicle_id"], t["current_range_meters"]) for t in orjson.loads(g["top_range"])] == w["top"], start
     # the minutes with a reserved and with a disabled bike at a station are there
     assert any(w["reserved_count"] for w in vm.values()) and any(w["disabled_count"] > 1 for w in vm.values())
@@ -217,8 +226,7 @@ def test_live_station_states(replayed_day: dict[str, Any]) -> None:
     for r in last.station_status["data"]["stations"]:
         g = stations[r["station_id"]]
         assert (g["num_bikes_available"], g["num_docks_available"]) == (r["num_bikes_available"], r["num_docks_available"])
-        assert (g["is_empty"], g["is_full"], g["is_saturated"]) == (r["num_bikes_available"] == 0, r["num_docks_available"] == 0,
-                                                                    r["num_docks_available"] <= 3)
+        assert (g["is_empty"], g["is_full"], g["is_saturated"]) == (r["num_bikes_available"] == 0, r["num_docks_available"] == 0, r["num_docks_available"] <= 3)
         assert g["name"] == names[r["station_id"]] and g["last_reported_ms"] == last.t * 1000
     assert stations[station_id(1)]["capacity_exceeded"] is True  # Gare SNCF: bikes + docks > capacity
     # the station that opened at 10:00 is joined with its name (the first state may race the table: see the report)

@@ -101,8 +101,12 @@ def test_if_modified_since() -> None:
 
 @pytest.mark.parametrize(("ttl", "min_poll_s", "wait"), [(300, 30, 300), (0, 30, 30), (90_000, 30, 3600)])
 def test_ttl_bounds_the_wait(server: GBFSServer, ttl: int, min_poll_s: float, wait: float) -> None:
-    g = {"last_updated": 1773136800, "ttl": 86400, "version": "2.3",
-         "data": {"en": {"feeds": [{"name": "station_status", "url": "{{base}}/s/station_status.json"}]}}}
+    g = {
+        "last_updated": 1773136800,
+        "ttl": 86400,
+        "version": "2.3",
+        "data": {"en": {"feeds": [{"name": "station_status", "url": "{{base}}/s/station_status.json"}]}},
+    }
     server.put("/s/gbfs.json", g)
     server.put("/s/station_status.json", {**doc("citybike_2.3", "station_status.json"), "ttl": ttl})
     src = GBFSSource(server.url("/s/gbfs.json"), min_poll_s=min_poll_s, clock=Clock(), metrics=Metrics(), system_id="s")
@@ -147,8 +151,12 @@ def test_a_broken_answer_keeps_the_last_good_state(server: GBFSServer, caplog: p
 
 
 def test_when_every_due_feed_fails_poll_raises_with_retry_after(server: GBFSServer) -> None:
-    g = {"last_updated": 1773136800, "ttl": 60, "version": "2.2",
-         "data": {"en": {"feeds": [{"name": "station_status", "url": "{{base}}/s/station_status.json"}]}}}
+    g = {
+        "last_updated": 1773136800,
+        "ttl": 60,
+        "version": "2.2",
+        "data": {"en": {"feeds": [{"name": "station_status", "url": "{{base}}/s/station_status.json"}]}},
+    }
     server.put("/s/gbfs.json", g)
     server.put("/s/station_status.json", doc("velozef_2.2", "station_status.json"))
     server.script("/s/station_status.json", Reply(429, b"{}", {"Retry-After": "120"}))
@@ -220,13 +228,15 @@ def test_a_station_seen_first_in_status_gets_its_name_in_the_same_poll(server: G
     status = doc("velozef_2.2", "station_status.json")
     newcomer = dict(status["data"]["stations"][0], station_id="new-station")
     status["data"]["stations"].append(newcomer)
-    with_new = {**info, "last_updated": info["last_updated"] + 1,
-                "data": {"stations": [*info["data"]["stations"], {"station_id": "new-station", "name": "Brest Arena", "lat": 48.4, "lon": -4.44}]}}
+    with_new = {
+        **info,
+        "last_updated": info["last_updated"] + 1,
+        "data": {"stations": [*info["data"]["stations"], {"station_id": "new-station", "name": "Brest Arena", "lat": 48.4, "lon": -4.44}]},
+    }
     src, _, _ = make_source(server, "velozef_2.2")
     server.put("/velozef_2.2/station_status.json", status)
     # the publisher adds the station to station_information once status has shown it
-    server.route("/velozef_2.2/station_information.json",
-                 lambda s: orjson.dumps(with_new if s.requests_for("/velozef_2.2/station_status.json") else info))
+    server.route("/velozef_2.2/station_information.json", lambda s: orjson.dumps(with_new if s.requests_for("/velozef_2.2/station_status.json") else info))
     got = src.poll()
     values = [r.value for r in got.records]
     order = [(v["feed"], v["station_id"]) for v in values if v.get("station_id") == "new-station"]

@@ -41,7 +41,9 @@ def build():
     return p
 """
 
-RUN = BUILD + """
+RUN = (
+    BUILD
+    + """
 import sys
 from affluent.core.log import open_log
 from affluent.core.metrics import Metrics
@@ -59,6 +61,7 @@ else:
 task.close()
 print("done", flush=True)
 """
+)
 
 
 @pytest.fixture
@@ -66,8 +69,9 @@ def spawn() -> Iterator[object]:
     procs: list[subprocess.Popen[str]] = []
 
     def start(code: str, *args: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         procs.append(proc)
         return proc
 

@@ -96,8 +96,14 @@ class Timed(Source):
     name = "timed"
 
     def poll(self) -> SourcePoll:
-        return SourcePoll([Record({"a": 1}, timestamp_ms=1.7e12 + 0.5), Record({"a": 2}, timestamp_ms=2**63),  # type: ignore[arg-type]
-                           Record({"a": 3}, timestamp_ms=5)], done=True)
+        return SourcePoll(
+            [
+                Record({"a": 1}, timestamp_ms=1.7e12 + 0.5),
+                Record({"a": 2}, timestamp_ms=2**63),  # type: ignore[arg-type]
+                Record({"a": 3}, timestamp_ms=5),
+            ],
+            done=True,
+        )
 
 
 def test_source_event_times_are_checked_record_by_record(tmp_path: Path) -> None:

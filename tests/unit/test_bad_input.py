@@ -55,11 +55,14 @@ def test_unknown_topic_in_an_empty_log(log: SQLiteLog) -> None:
     assert str(err.value) == "unknown topic 'anything' (create it with `affluent topics create anything`)"
 
 
-@pytest.mark.parametrize(("url", "message"), [
-    ("kafka://localhost:9092", "Kafka log backend is not available"),
-    ("postgres://x", "unknown log URL 'postgres://x'"),
-    ("sqlite:///", "bad SQLite log URL"),
-])
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("kafka://localhost:9092", "Kafka log backend is not available"),
+        ("postgres://x", "unknown log URL 'postgres://x'"),
+        ("sqlite:///", "bad SQLite log URL"),
+    ],
+)
 def test_bad_log_urls(url: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         open_log(url)
@@ -183,13 +186,21 @@ def test_a_pipeline_retries_a_full_disk_and_commits_exactly_once(log: SQLiteLog)
 
 def test_malformed_records_go_to_the_dead_letter_topic_and_are_counted(log: SQLiteLog) -> None:
     log.create_topic("readings")
-    log.append("readings", OutgoingBatch(
-        keys=["s1", "s2", "s3", "s4", "s5"],
-        values=[b'{"sensor_id": "s1", "quantity": 3}', b'{"sensor_id": "s2", "quantity": ', b'{"sensor_id": "s3"}',
-                b'{"sensor_id": "s4", "quantity": "lots"}', b'{"sensor_id": "s5", "quantity": 8}'],
-        timestamps=[1, 2, 3, 4, 5],
-        raw=True,
-    ))
+    log.append(
+        "readings",
+        OutgoingBatch(
+            keys=["s1", "s2", "s3", "s4", "s5"],
+            values=[
+                b'{"sensor_id": "s1", "quantity": 3}',
+                b'{"sensor_id": "s2", "quantity": ',
+                b'{"sensor_id": "s3"}',
+                b'{"sensor_id": "s4", "quantity": "lots"}',
+                b'{"sensor_id": "s5", "quantity": 8}',
+            ],
+            timestamps=[1, 2, 3, 4, 5],
+            raw=True,
+        ),
+    )
     p = Pipeline("stock")
     (
         p.topic("readings")
@@ -251,8 +262,13 @@ def test_schema_change_mid_stream_dead_letters_the_new_shape_and_goes_on(log: SQ
 
 def test_schema_change_in_a_dedupe_version(log: SQLiteLog) -> None:
     log.create_topic("in")
-    log.append("in", [Record(value=v, timestamp_ms=1) for v in (
-        {"id": "a", "last_reported": 100}, {"id": "a", "last_reported": "2024-06-01T10:00:00Z"}, {"id": "a", "last_reported": 200})])
+    log.append(
+        "in",
+        [
+            Record(value=v, timestamp_ms=1)
+            for v in ({"id": "a", "last_reported": 100}, {"id": "a", "last_reported": "2024-06-01T10:00:00Z"}, {"id": "a", "last_reported": 200})
+        ],
+    )
     p = Pipeline("p")
     p.topic("in").dedupe(name="d", key=lambda v: v["id"], version=lambda v: v["last_reported"]).to_topic("out")
     run(p, log)

@@ -60,10 +60,12 @@ def test_systems_command(tmp_path: Path) -> None:
     assert "velozef  VéloZef (Brest, FR), GBFS 2.2\n    https://gbfs.partners.fifteen.eu/gbfs/2.2/brest/en/gbfs.json\n" in out.output
     assert "Citi Bike" not in out.output
     mine = tmp_path / "systems.csv"
-    mine.write_text("Country Code,Name,Location,System ID,URL,Auto-Discovery URL,Supported Versions,Authentication Info URL,"
-                    "Authentication Type,Authentication Parameter Name\n"
-                    "DE,DB Call a Bike,Germany,callabike,https://x,https://api.example/gbfs.json,2.3,https://dev,2,DB-Api-Key\n",
-                    encoding="utf-8")
+    mine.write_text(
+        "Country Code,Name,Location,System ID,URL,Auto-Discovery URL,Supported Versions,Authentication Info URL,"
+        "Authentication Type,Authentication Parameter Name\n"
+        "DE,DB Call a Bike,Germany,callabike,https://x,https://api.example/gbfs.json,2.3,https://dev,2,DB-Api-Key\n",
+        encoding="utf-8",
+    )
     out = runner.invoke(commands, ["systems", "--catalog", str(mine)])
     assert out.exit_code == 0 and "callabike  DB Call a Bike (Germany), GBFS 2.3, needs a key" in out.output
     bad = tmp_path / "bad.csv"

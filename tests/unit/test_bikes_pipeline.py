@@ -52,20 +52,53 @@ class ScriptedSource(Source):
 
 
 def info(sid: str, name: str, t: int, capacity: int = 10) -> dict[str, Any]:
-    return {"feed": "station_information", "system_id": "s", "station_id": sid, "name": name, "lat": 48.39, "lon": -4.49,
-            "capacity": capacity, "removed": False, "snapshot_ms": t}
+    return {
+        "feed": "station_information",
+        "system_id": "s",
+        "station_id": sid,
+        "name": name,
+        "lat": 48.39,
+        "lon": -4.49,
+        "capacity": capacity,
+        "removed": False,
+        "snapshot_ms": t,
+    }
 
 
 def status(sid: str, bikes: int, docks: int | None, t: int, reported: int | None = None) -> dict[str, Any]:
-    return {"feed": "station_status", "system_id": "s", "timezone": "Europe/Paris", "station_id": sid, "num_bikes_available": bikes,
-            "num_bikes_disabled": 0, "num_docks_available": docks, "num_docks_disabled": 0, "is_installed": True, "is_renting": True,
-            "is_returning": True, "bikes_by_type": None, "last_reported_ms": reported or t, "snapshot_ms": t}
+    return {
+        "feed": "station_status",
+        "system_id": "s",
+        "timezone": "Europe/Paris",
+        "station_id": sid,
+        "num_bikes_available": bikes,
+        "num_bikes_disabled": 0,
+        "num_docks_available": docks,
+        "num_docks_disabled": 0,
+        "is_installed": True,
+        "is_renting": True,
+        "is_returning": True,
+        "bikes_by_type": None,
+        "last_reported_ms": reported or t,
+        "snapshot_ms": t,
+    }
 
 
 def bike(vid: str, station: str | None, t: int, rng: float | None = 20000.0, reserved: bool = False, disabled: bool = False) -> dict[str, Any]:
-    return {"feed": "vehicle_status", "system_id": "s", "vehicle_id": vid, "station_id": station, "lat": 48.39, "lon": -4.49,
-            "is_reserved": reserved, "is_disabled": disabled, "vehicle_type_id": "ebike", "current_range_meters": rng,
-            "last_reported_ms": t, "snapshot_ms": t}
+    return {
+        "feed": "vehicle_status",
+        "system_id": "s",
+        "vehicle_id": vid,
+        "station_id": station,
+        "lat": 48.39,
+        "lon": -4.49,
+        "is_reserved": reserved,
+        "is_disabled": disabled,
+        "vehicle_type_id": "ebike",
+        "current_range_meters": rng,
+        "last_reported_ms": t,
+        "snapshot_ms": t,
+    }
 
 
 def run(tmp_path: Path, polls: list[list[dict[str, Any]]]) -> Any:
@@ -100,8 +133,15 @@ def test_station_counts_keep_only_the_latest_snapshot_of_the_window() -> None:
     acc = agg.create()
     for v, t in [(status("a", 0, 5, 1), 1), (status("b", 3, 0, 1), 1), (status("a", 2, 3, 2), 2), (status("z", 9, 9, 0), 0)]:
         acc = agg.add(acc, v, t)
-    assert agg.result(acc) == {"snapshot_ms": 2, "stations": 1, "empty_count": 0, "full_count": 0, "saturated_count": 1,
-                               "total_bikes_available": 2, "total_docks_available": 3}
+    assert agg.result(acc) == {
+        "snapshot_ms": 2,
+        "stations": 1,
+        "empty_count": 0,
+        "full_count": 0,
+        "saturated_count": 1,
+        "total_bikes_available": 2,
+        "total_docks_available": 3,
+    }
     other = agg.add(agg.create(), status("b", 1, 1, 2), 2)
     merged = agg.result(agg.merge(acc, other))
     assert (merged["stations"], merged["saturated_count"], merged["total_bikes_available"]) == (2, 2, 3)
@@ -112,18 +152,60 @@ def test_vehicle_counts_top_by_range() -> None:
     agg = VehicleCounts()
     acc = agg.create()
     rows = [
-        {"vehicle_id": "v1", "station_id": "a", "station_name": "A", "is_abandoned": False, "is_reserved": False, "is_disabled": False,
-         "current_range_meters": 100.0},
-        {"vehicle_id": "v2", "station_id": None, "station_name": None, "is_abandoned": True, "is_reserved": False, "is_disabled": False,
-         "current_range_meters": 900.0},
-        {"vehicle_id": "v3", "station_id": "a", "station_name": "A", "is_abandoned": False, "is_reserved": True, "is_disabled": False,
-         "current_range_meters": 5000.0},
-        {"vehicle_id": "v4", "station_id": "a", "station_name": "A", "is_abandoned": False, "is_reserved": False, "is_disabled": True,
-         "current_range_meters": 4000.0},
-        {"vehicle_id": "v0", "station_id": "a", "station_name": "A", "is_abandoned": False, "is_reserved": False, "is_disabled": False,
-         "current_range_meters": 100.0},
-        {"vehicle_id": "v5", "station_id": "a", "station_name": "A", "is_abandoned": False, "is_reserved": False, "is_disabled": False,
-         "current_range_meters": None},
+        {
+            "vehicle_id": "v1",
+            "station_id": "a",
+            "station_name": "A",
+            "is_abandoned": False,
+            "is_reserved": False,
+            "is_disabled": False,
+            "current_range_meters": 100.0,
+        },
+        {
+            "vehicle_id": "v2",
+            "station_id": None,
+            "station_name": None,
+            "is_abandoned": True,
+            "is_reserved": False,
+            "is_disabled": False,
+            "current_range_meters": 900.0,
+        },
+        {
+            "vehicle_id": "v3",
+            "station_id": "a",
+            "station_name": "A",
+            "is_abandoned": False,
+            "is_reserved": True,
+            "is_disabled": False,
+            "current_range_meters": 5000.0,
+        },
+        {
+            "vehicle_id": "v4",
+            "station_id": "a",
+            "station_name": "A",
+            "is_abandoned": False,
+            "is_reserved": False,
+            "is_disabled": True,
+            "current_range_meters": 4000.0,
+        },
+        {
+            "vehicle_id": "v0",
+            "station_id": "a",
+            "station_name": "A",
+            "is_abandoned": False,
+            "is_reserved": False,
+            "is_disabled": False,
+            "current_range_meters": 100.0,
+        },
+        {
+            "vehicle_id": "v5",
+            "station_id": "a",
+            "station_name": "A",
+            "is_abandoned": False,
+            "is_reserved": False,
+            "is_disabled": False,
+            "current_range_meters": None,
+        },
     ]
     for r in rows:
         acc = agg.add(acc, r, 7)
@@ -137,14 +219,12 @@ def test_pipelines_dedupe_join_late_stations_and_count_per_minute(tmp_path: Path
     polls = [
         [info("a", "Gare SNCF", T0)],
         # minute 0, snapshot 1: b is not described yet
-        [status("a", 0, 10, t1), status("b", 4, 0, t1), bike("v1", "a", t1), bike("v2", None, t1, 30000.0),
-         bike("v3", "b", t1, 9000.0, reserved=True)],
+        [status("a", 0, 10, t1), status("b", 4, 0, t1), bike("v1", "a", t1), bike("v2", None, t1, 30000.0), bike("v3", "b", t1, 9000.0, reserved=True)],
         # minute 0, snapshot 2: a unchanged (same last_reported: dropped by dedupe), b changed
         [status("a", 0, 10, t2, reported=t1), status("b", 5, 2, t2), bike("v1", "a", t2), bike("v2", None, t2, 30000.0)],
         [info("b", "Brest Arena", t3)],
         # minute 1: b is now known; a reports an older time (a publisher's hiccup): dropped
-        [status("a", 3, 7, t3, reported=t1 - 1000), status("b", 1, 3, t3), bike("v2", None, t3, 30000.0),
-         bike("v4", "b", t3, 500.0, disabled=True)],
+        [status("a", 3, 7, t3, reported=t1 - 1000), status("b", 1, 3, t3), bike("v2", None, t3, 30000.0), bike("v4", "b", t3, 500.0, disabled=True)],
         [status("a", 2, 8, t4), status("b", 0, 9, t4)],
     ]
     log = run(tmp_path, polls)
@@ -152,11 +232,20 @@ def test_pipelines_dedupe_join_late_stations_and_count_per_minute(tmp_path: Path
     assert deduped == [("a", t1), ("b", t1), ("b", t2), ("b", t3), ("a", t4), ("b", t4)]
     states = [(r.value["station_id"], r.value["snapshot_ms"], r.value["name"]) for r in read_topic(log, T_STATE)]
     # b is joined from the first snapshot after station_information described it
-    assert states == [("a", t1, "Gare SNCF"), ("b", t1, None), ("b", t2, None), ("b", t3, "Brest Arena"), ("a", t4, "Gare SNCF"),
-                      ("b", t4, "Brest Arena")]
+    assert states == [("a", t1, "Gare SNCF"), ("b", t1, None), ("b", t2, None), ("b", t3, "Brest Arena"), ("a", t4, "Gare SNCF"), ("b", t4, "Brest Arena")]
     minutes = {r.value["window_start_ms"]: r.value for r in read_topic(log, T_SYSTEM_MINUTE)}  # last update per window wins
-    assert minutes[T0] == {"system_id": "s", "window_start_ms": T0, "window_end_ms": T0 + 60_000, "snapshot_ms": t2, "stations": 2,
-                           "empty_count": 1, "full_count": 0, "saturated_count": 1, "total_bikes_available": 5, "total_docks_available": 12}
+    assert minutes[T0] == {
+        "system_id": "s",
+        "window_start_ms": T0,
+        "window_end_ms": T0 + 60_000,
+        "snapshot_ms": t2,
+        "stations": 2,
+        "empty_count": 1,
+        "full_count": 0,
+        "saturated_count": 1,
+        "total_bikes_available": 5,
+        "total_docks_available": 12,
+    }
     assert minutes[T0 + 60_000]["snapshot_ms"] == t4
     assert (minutes[T0 + 60_000]["empty_count"], minutes[T0 + 60_000]["total_bikes_available"]) == (1, 2)
     alerts = sorted((r.value["vehicle_id"], r.value["alert"], r.value["station_name"]) for r in read_topic(log, T_ALERTS))

@@ -32,8 +32,7 @@ def run(p: Pipeline, log: SQLiteLog, metrics: Metrics | None = None, *, owner: s
     return metrics
 
 
-def feed(log: SQLiteLog, topic: str, values: list[Any], *, keys: list[str | None] | None = None, ts: list[int] | None = None,
-         partitions: int = 1) -> None:
+def feed(log: SQLiteLog, topic: str, values: list[Any], *, keys: list[str | None] | None = None, ts: list[int] | None = None, partitions: int = 1) -> None:
     if not log.topic_exists(topic):
         log.create_topic(topic, TopicConfig(partitions=partitions))
     keys = keys or [None] * len(values)
@@ -59,7 +58,11 @@ def test_map(log: SQLiteLog) -> None:
     run(p, log)
     out = read_topic(log, "out")
     assert [(r.key, r.value, r.timestamp_ms) for r in out] == [
-        ("a", {"y": 0}, 10), ("b", {"y": 2}, 20), (None, {"y": 4}, 30), ("d", {"y": 6}, 40), ("e", {"y": 8}, 50)
+        ("a", {"y": 0}, 10),
+        ("b", {"y": 2}, 20),
+        (None, {"y": 4}, 30),
+        ("d", {"y": 6}, 40),
+        ("e", {"y": 8}, 50),
     ]
     assert dlq(log, "p") == []
 
@@ -120,9 +123,7 @@ def test_flat_map(log: SQLiteLog) -> None:
     p.topic("in").flat_map(lambda v: ({"item": i} for i in v["items"]), name="explode").to_topic("out")
     run(p, log)
     out = read_topic(log, "out")
-    assert [(r.key, r.value, r.timestamp_ms) for r in out] == [
-        ("a", {"item": 1}, 1), ("a", {"item": 2}, 1), ("a", {"item": 3}, 1), ("d", {"item": 4}, 4)
-    ]
+    assert [(r.key, r.value, r.timestamp_ms) for r in out] == [("a", {"item": 1}, 1), ("a", {"item": 2}, 1), ("a", {"item": 3}, 1), ("d", {"item": 4}, 4)]
     assert [(d["offset"], d["error_type"]) for d in dlq(log, "p")] == [(2, "TypeError")]
 
 
@@ -159,9 +160,7 @@ def test_with_timestamp(log: SQLiteLog) -> None:
     p = Pipeline("p")
     p.topic("in").with_timestamp(lambda v: v["at"], name="event-time").to_topic("out")
     run(p, log)
-    assert [(r.value, r.timestamp_ms) for r in read_topic(log, "out")] == [
-        ({"at": 1_700_000_000_000}, 1_700_000_000_000), ({"at": 5}, 5), ({"at": 9}, 9)
-    ]
+    assert [(r.value, r.timestamp_ms) for r in read_topic(log, "out")] == [({"at": 1_700_000_000_000}, 1_700_000_000_000), ({"at": 5}, 5), ({"at": 9}, 9)]
     dead = dlq(log, "p")
     assert sorted((d["offset"], d["error_type"]) for d in dead) == [(2, "TypeError"), (3, "TypeError"), (4, "TypeError")]
     assert "event time must be int epoch ms, got 7.5" in dead[1]["error"]
@@ -199,8 +198,11 @@ class Reading(pydantic.BaseModel):
 
 
 def test_validate_with_a_pydantic_model(log: SQLiteLog) -> None:
-    feed(log, "in", [{"sensor_id": "s1", "quantity": "12"}, {"sensor_id": "s2"}, {"sensor_id": "s3", "quantity": 4, "unit": "kg"},
-                     {"sensor_id": 5, "quantity": "many"}])
+    feed(
+        log,
+        "in",
+        [{"sensor_id": "s1", "quantity": "12"}, {"sensor_id": "s2"}, {"sensor_id": "s3", "quantity": 4, "unit": "kg"}, {"sensor_id": 5, "quantity": "many"}],
+    )
     p = Pipeline("p")
     p.topic("in").validate(Reading, name="schema").to_topic("out")
     metrics = run(p, log)
@@ -241,8 +243,9 @@ def test_validate_with_a_boolean_check(log: SQLiteLog) -> None:
 def test_branch_first_match_wins_and_default(log: SQLiteLog) -> None:
     feed(log, "in", [{"q": 0}, {"q": 3}, {"q": 50}, {"q": 8}, {"q": "x"}, {"q": 100}])
     p = Pipeline("p")
-    routes = p.topic("in").branch({"empty": lambda v: v["q"] == 0, "low": lambda v: v["q"] < 10, "also-empty": lambda v: v["q"] == 0},
-                                  default="rest", name="route")
+    routes = p.topic("in").branch(
+        {"empty": lambda v: v["q"] == 0, "low": lambda v: v["q"] < 10, "also-empty": lambda v: v["q"] == 0}, default="rest", name="route"
+    )
     assert set(routes) == {"empty", "low", "also-empty", "rest"}
     for name, stream in routes.items():
         stream.to_topic(f"out.{name}")
@@ -367,8 +370,7 @@ def _stations_pipeline(how: str) -> Pipeline:
     stations = p.table("stations", "station_information", key=lambda v: v["station_id"])
     (
         p.topic("status")
-        .enrich(stations, key=lambda v: v["station_id"], join=lambda v, row: {**v, "name": row["name"] if row else None}, how=how,
-                name="with-name")
+        .enrich(stations, key=lambda v: v["station_id"], join=lambda v, row: {**v, "name": row["name"] if row else None}, how=how, name="with-name")
         .to_topic(f"out-{how}")
     )
     return p
@@ -399,12 +401,10 @@ def test_enrich_with_a_topic_fed_table(log: SQLiteLog, how: str) -> None:
 
 
 def test_enrich_table_is_reloaded_on_restart_and_tombstones_remove_rows(log: SQLiteLog) -> None:
-    feed(log, "station_information", [{"station_id": "1", "name": "Gare"}, {"station_id": "2", "name": "Port"}],
-         keys=["1", "2"])
+    feed(log, "station_information", [{"station_id": "1", "name": "Gare"}, {"station_id": "2", "name": "Port"}], keys=["1", "2"])
     p = Pipeline("p")
     table = p.table("stations", "station_information", value=lambda v: v)  # keyed by the record key
-    p.topic("status").enrich(table, key=lambda v: v["station_id"], join=lambda v, row: [v["station_id"], row and row["name"]],
-                             how="left").to_topic("out")
+    p.topic("status").enrich(table, key=lambda v: v["station_id"], join=lambda v, row: [v["station_id"], row and row["name"]], how="left").to_topic("out")
     feed(log, "status", [{"station_id": "1"}])
     run(p, log)
     log.append("station_information", [Record(value=None, key="1")])  # a tombstone
@@ -565,7 +565,9 @@ def test_to_sink(log: SQLiteLog) -> None:
     assert p.sinks == [sink]
     run(p, log)
     assert [(r.key, r.value, r.timestamp_ms, r.topic, r.partition, r.offset) for r in sink.records] == [
-        ("0", {"v": 0}, 10, "in", 0, 0), ("2", {"v": 1}, 11, "in", 0, 1), ("6", {"v": 3}, 13, "in", 0, 3)
+        ("0", {"v": 0}, 10, "in", 0, 0),
+        ("2", {"v": 1}, 11, "in", 0, 1),
+        ("6", {"v": 3}, 13, "in", 0, 3),
     ]
     assert sink.values == [{"v": 0}, {"v": 1}, {"v": 3}]
     assert sink.flushes >= 1

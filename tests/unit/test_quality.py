@@ -1,4 +1,4 @@
-"""ruff and mypy run with the tests, so that CI checks them."""
+"""ruff (lint and format) and mypy run with the tests, so that CI checks them."""
 
 from __future__ import annotations
 
@@ -24,6 +24,11 @@ def _tool(name: str) -> list[str]:
 
 def test_ruff_is_clean() -> None:
     r = subprocess.run([*_tool("ruff"), "check", "src", "tests", "benchmarks"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_ruff_format_is_clean() -> None:
+    r = subprocess.run([*_tool("ruff"), "format", "--check", "src", "tests", "benchmarks"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
 

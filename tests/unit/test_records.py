@@ -35,7 +35,7 @@ HEADER = struct.Struct("<4sB3xIIII")
 VALUES = [
     {"station_id": "42", "bikes": 3, "ratio": 0.25, "ok": True, "none": None},
     [1, "two", 3.5, [4, {"five": 5}]],
-    "héllo ✓ \"quoted\" \\ back",
+    'héllo ✓ "quoted" \\ back',
     12345678901234567,
     -0.5,
     None,

@@ -80,8 +80,7 @@ class CountingSource(Source):
         self.n += 1
         if self.n % 2 == 0:
             return SourcePoll(records=[], wait_s=0.5, position=self.n)
-        recs = [Record(value={"n": self.n, "j": j}, key=f"k{j}", timestamp_ms=T0 + self.n * 1000 + j, headers={"j": str(j)} if j else None)
-                for j in range(2)]
+        recs = [Record(value={"n": self.n, "j": j}, key=f"k{j}", timestamp_ms=T0 + self.n * 1000 + j, headers={"j": str(j)} if j else None) for j in range(2)]
         return SourcePoll(records=recs, wait_s=0.25, position=self.n, done=self.n >= 5)
 
     def close(self) -> None:
@@ -147,8 +146,9 @@ def test_replay_plays_polls_in_order(recording: Path) -> None:
     assert src.duration_ms == 2_500
 
 
-@pytest.mark.parametrize(("speed", "waits"), [(1.0, [2.0, 0.5, 0.0]), (4, [0.5, 0.125, 0.0]), (0.5, [4.0, 1.0, 0.0]),
-                                              (math.inf, [0.0, 0.0, 0.0]), (0, [0.0, 0.0, 0.0])])
+@pytest.mark.parametrize(
+    ("speed", "waits"), [(1.0, [2.0, 0.5, 0.0]), (4, [0.5, 0.125, 0.0]), (0.5, [4.0, 1.0, 0.0]), (math.inf, [0.0, 0.0, 0.0]), (0, [0.0, 0.0, 0.0])]
+)
 def test_replay_speed_scales_the_waits(recording: Path, speed: float, waits: list[float]) -> None:
     src = ReplaySource(recording, speed=speed)
     src.open(None)

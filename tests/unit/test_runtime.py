@@ -99,8 +99,7 @@ def test_run_for_and_runtime_status(log: SQLiteLog) -> None:
     p.source(ListSource(range(7), name="seven", batch_size=3), topic="in").filter(lambda v: v % 2 == 0).to_topic("even")
     rt = run_for(p, log, 0.4)
     assert [r.value for r in read_topic(log, "even")] == [0, 2, 4, 6]
-    assert sorted((s["kind"], s["name"], s["status"], s["records"]) for s in rt.status()) == [
-        ("pipeline", "p", "stopped", 7), ("source", "seven", "done", 7)]
+    assert sorted((s["kind"], s["name"], s["status"], s["records"]) for s in rt.status()) == [("pipeline", "p", "stopped", 7), ("source", "seven", "done", 7)]
     assert not rt.alive()
 
 
@@ -182,7 +181,7 @@ class Clock:
 def test_an_idle_running_pipeline_keeps_its_lease(log: SQLiteLog, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
     monkeypatch.setattr(runtime_mod, "now_ms", clock)
-    monkeypatch.setattr(sqlite_mod, "_now_ms", clock)
+    monkeypatch.setattr(sqlite_mod, "now_ms", clock)
     running = PipelineTask(_copy_pipeline(), log, metrics=Metrics())
     running.open()
     for _ in range(12):  # twelve seconds of an idle, healthy loop
@@ -263,8 +262,7 @@ def test_records_of_a_poll_whose_commit_failed_are_not_lost(tmp_path: Path) -> N
 
 
 def test_a_source_key_function_may_return_non_strings(log: SQLiteLog) -> None:
-    task = _source_task(log, ListSource([{"id": i} for i in range(4)], name="ints"), config=TopicConfig(partitions=2),
-                        key=lambda v: v["id"])
+    task = _source_task(log, ListSource([{"id": i} for i in range(4)], name="ints"), config=TopicConfig(partitions=2), key=lambda v: v["id"])
     with contextlib.suppress(Exception):
         task.poll_once()
     while not task.poll_once()[1]:

@@ -40,8 +40,7 @@ def _run(log: SQLiteLog) -> None:
 
 
 def _feed(log: SQLiteLog, rows: list[tuple[str, int, int]], partition: int = 0) -> None:
-    log.append("readings", OutgoingBatch([s for s, _, _ in rows], [{"shelf": s, "q": q} for s, q, _ in rows], [t for *_, t in rows]),
-               partition=partition)
+    log.append("readings", OutgoingBatch([s for s, _, _ in rows], [{"shelf": s, "q": q} for s, q, _ in rows], [t for *_, t in rows]), partition=partition)
 
 
 def test_state_lives_until_the_rule_ends_it_and_survives_restarts(log: SQLiteLog) -> None:

@@ -60,8 +60,7 @@ def run(p: Pipeline, log: SQLiteLog, metrics: Metrics | None = None) -> Metrics:
     return metrics
 
 
-def feed(log: SQLiteLog, topic: str, items: list[tuple[str, int]] | list[tuple[str, int, Any]], *, partition: int | None = None,
-         partitions: int = 1) -> None:
+def feed(log: SQLiteLog, topic: str, items: list[tuple[str, int]] | list[tuple[str, int, Any]], *, partition: int | None = None, partitions: int = 1) -> None:
     """Append (key, event time[, value]) records; the value defaults to {"k": key, "v": 1}."""
     if not log.topic_exists(topic):
         log.create_topic(topic, TopicConfig(partitions=partitions))
@@ -85,8 +84,7 @@ def order(r: tuple[Any, ...]) -> tuple[Any, ...]:
     return (repr(r[0]), r[1], r[2], repr(r[3:]))
 
 
-def windowed(p: Pipeline, window: Window, agg: Aggregate | dict[str, Aggregate], *, emit: str = "close", topic: str = "in",
-             name: str = "w") -> Any:
+def windowed(p: Pipeline, window: Window, agg: Aggregate | dict[str, Aggregate], *, emit: str = "close", topic: str = "in", name: str = "w") -> Any:
     return p.topic(topic).window(window, agg, name=name, emit=emit)
 
 
@@ -98,8 +96,14 @@ def no_idle(**kw: int) -> dict[str, Any]:
 
 
 def test_window_definitions_are_checked() -> None:
-    for bad in (lambda: TumblingWindow(0), lambda: TumblingWindow(10, grace_ms=-1), lambda: HoppingWindow(10, 0),
-                lambda: HoppingWindow(10, 20), lambda: SessionWindow(0), lambda: SessionWindow(-5)):
+    for bad in (
+        lambda: TumblingWindow(0),
+        lambda: TumblingWindow(10, grace_ms=-1),
+        lambda: HoppingWindow(10, 0),
+        lambda: HoppingWindow(10, 20),
+        lambda: SessionWindow(0),
+        lambda: SessionWindow(-5),
+    ):
         with pytest.raises(ConfigError):
             bad()
     with pytest.raises(PipelineError, match="'close' or 'update'"):
@@ -127,8 +131,7 @@ def _fold(agg: Aggregate, items: list[tuple[Any, int]]) -> Any:
 
 
 def test_aggregates() -> None:
-    items = [({"q": 4, "p": 2.5}, 30), ({"q": None, "p": 1.0}, 10), ({"q": 9, "p": 3.0}, 20), ({"q": 1, "p": 0.5}, 10),
-             ({"q": 7, "p": 8.0}, 30)]
+    items = [({"q": 4, "p": 2.5}, 30), ({"q": None, "p": 1.0}, 10), ({"q": 9, "p": 3.0}, 20), ({"q": 1, "p": 0.5}, 10), ({"q": 7, "p": 8.0}, 30)]
     assert Count().result(_fold(Count(), items)) == 5
     assert Sum("q").result(_fold(Sum("q"), items)) == 21
     assert Mean("q").result(_fold(Mean("q"), items)) == 21 / 4
@@ -145,13 +148,19 @@ def test_aggregates() -> None:
     assert distinct.name == "distinct"
     assert Min("q", name="lowest").name == "lowest"
     assert (Count().name, Sum("x").name, Mean("x").name, Min("x").name, Max("x").name, First("x").name, Last("x").name) == (
-        "count", "sum", "mean", "min", "max", "first", "last")
+        "count",
+        "sum",
+        "mean",
+        "min",
+        "max",
+        "first",
+        "last",
+    )
 
 
 def test_aggregate_merges_equal_one_fold() -> None:
     items = [({"q": i % 7, "p": i}, (i * 37) % 11) for i in range(20)]
-    for agg in (Count(), Sum("q"), Mean("q"), Min("q"), Max("q"), First("p"), Last("p"),
-                as_aggregate({"n": Count(), "s": Sum("q"), "first": First("p")})):
+    for agg in (Count(), Sum("q"), Mean("q"), Min("q"), Max("q"), First("p"), Last("p"), as_aggregate({"n": Count(), "s": Sum("q"), "first": First("p")})):
         whole = agg.result(_fold(agg, items))
         for cut in (0, 5, 13, 20):
             merged = agg.merge(_fold(agg, items[:cut]), _fold(agg, items[cut:]))
@@ -188,15 +197,21 @@ def test_tumbling_count_per_key(log: SQLiteLog) -> None:
 def test_tumbling_with_several_aggregates(log: SQLiteLog) -> None:
     feed(log, "in", [("s1", 1, {"q": 5}), ("s1", 4, {"q": 1}), ("s1", 2, {"q": 3}), ("s2", 8, {"q": 10}), ("x", 100, {"q": 0})])
     p = Pipeline("p")
-    aggs = {"n": Count(), "total": Sum("q"), "avg": Mean("q"), "lo": Min("q"), "hi": Max("q"), "first": First("q"), "last": Last("q"),
-            "all": Reduce(list, lambda acc, v: [*acc, v["q"]], merge=lambda a, b: a + b)}
+    aggs = {
+        "n": Count(),
+        "total": Sum("q"),
+        "avg": Mean("q"),
+        "lo": Min("q"),
+        "hi": Max("q"),
+        "first": First("q"),
+        "last": Last("q"),
+        "all": Reduce(list, lambda acc, v: [*acc, v["q"]], merge=lambda a, b: a + b),
+    }
     windowed(p, TumblingWindow(10, **no_idle()), aggs).to_topic("out")
     run(p, log)
     (s1, s2) = sorted((r.value for r in read_topic(log, "out")), key=lambda v: v["key"])
-    assert s1 == {"key": "s1", "start_ms": 0, "end_ms": 10, "n": 3, "total": 9, "avg": 3.0, "lo": 1, "hi": 5, "first": 5, "last": 1,
-                  "all": [5, 1, 3]}
-    assert s2 == {"key": "s2", "start_ms": 0, "end_ms": 10, "n": 1, "total": 10, "avg": 10.0, "lo": 10, "hi": 10, "first": 10, "last": 10,
-                  "all": [10]}
+    assert s1 == {"key": "s1", "start_ms": 0, "end_ms": 10, "n": 3, "total": 9, "avg": 3.0, "lo": 1, "hi": 5, "first": 5, "last": 1, "all": [5, 1, 3]}
+    assert s2 == {"key": "s2", "start_ms": 0, "end_ms": 10, "n": 1, "total": 10, "avg": 10.0, "lo": 10, "hi": 10, "first": 10, "last": 10, "all": [10]}
 
 
 def test_single_aggregate_field_names(log: SQLiteLog) -> None:
@@ -278,8 +293,10 @@ def test_late_stream_when_someone_reads_it(log: SQLiteLog) -> None:
     run(p, log)
     assert results(log) == [("a", 0, 10, 1)]
     assert [(r.key, r.value, r.timestamp_ms) for r in read_topic(log, "late-readings")] == [
-        ("a", {"k": "a", "v": 1, "late": True}, 7), ("b", {"k": "b", "v": 1, "late": True}, 2),
-        ("c", {"k": "c", "v": 1, "late": True}, 29)]  # [20, 30) closed when the watermark reached 30
+        ("a", {"k": "a", "v": 1, "late": True}, 7),
+        ("b", {"k": "b", "v": 1, "late": True}, 2),
+        ("c", {"k": "c", "v": 1, "late": True}, 29),
+    ]  # [20, 30) closed when the watermark reached 30
     assert read_topic(log, "p.late") == []
 
 
@@ -310,7 +327,12 @@ def test_emit_on_update_vs_on_close(log: SQLiteLog) -> None:
     for task in tasks:
         task.close()
     assert [(r.value["key"], r.value["start_ms"], r.value["count"]) for r in read_topic(log, "updates")] == [
-        ("a", 0, 1), ("a", 0, 2), ("b", 0, 1), ("a", 0, 3), ("a", 10, 1)]
+        ("a", 0, 1),
+        ("a", 0, 2),
+        ("b", 0, 1),
+        ("a", 0, 3),
+        ("a", 10, 1),
+    ]
     assert results(log, "closed") == [("a", 0, 10, 3), ("b", 0, 10, 1)]
 
 
@@ -442,8 +464,11 @@ def _build(window: Window, name: str = "p") -> Pipeline:
     return p
 
 
-@pytest.mark.parametrize("window", [TumblingWindow(10, grace_ms=3, idle_ms=None), HoppingWindow(20, 10, idle_ms=None),
-                                    SessionWindow(6, idle_ms=None)], ids=["tumbling", "hopping", "session"])
+@pytest.mark.parametrize(
+    "window",
+    [TumblingWindow(10, grace_ms=3, idle_ms=None), HoppingWindow(20, 10, idle_ms=None), SessionWindow(6, idle_ms=None)],
+    ids=["tumbling", "hopping", "session"],
+)
 def test_window_state_survives_restarts(tmp_path: Path, window: Window) -> None:
     straight = SQLiteLog(tmp_path / "straight.db")
     for item in INPUT:
@@ -510,8 +535,7 @@ def test_finish_closes_every_open_window_once(log: SQLiteLog) -> None:
 
 
 def test_window_keys_can_be_lists(log: SQLiteLog) -> None:
-    feed(log, "in", [("x", 1, {"store": "s1", "sensor": 7}), ("x", 2, {"store": "s1", "sensor": 7}),
-                     ("x", 50, {"store": "s2", "sensor": 1})])
+    feed(log, "in", [("x", 1, {"store": "s1", "sensor": 7}), ("x", 2, {"store": "s1", "sensor": 7}), ("x", 50, {"store": "s2", "sensor": 1})])
     p = Pipeline("p")
     p.topic("in").key_by(lambda v: [v["store"], v["sensor"]]).window(TumblingWindow(10, idle_ms=None), Count(), name="w").to_topic("out")
     run(p, log)
@@ -621,8 +645,9 @@ def _window_starts(w: Window, t: int) -> list[int]:
     return list(w.starts(t))
 
 
-def reference_windows(records: list[tuple[str, int, int]], w: TumblingWindow | HoppingWindow, *, count_only: bool = False
-                      ) -> tuple[list[tuple[Any, ...]], list[int]]:
+def reference_windows(
+    records: list[tuple[str, int, int]], w: TumblingWindow | HoppingWindow, *, count_only: bool = False
+) -> tuple[list[tuple[Any, ...]], list[int]]:
     """Record by record: (sorted results, offsets of late records). Results as `results()` shows them."""
     size, grace = w.size_ms, w.grace_ms
     wm = MIN_TIME
@@ -636,7 +661,7 @@ def reference_windows(records: list[tuple[str, int, int]], w: TumblingWindow | H
             late.append(offset)
         for s in alive:
             open_.setdefault((key, s), []).append((t, v))
-        for (k, s) in sorted(open_):
+        for k, s in sorted(open_):
             if s + size + grace <= wm:
                 items = open_.pop((k, s))
                 vs = [x for _, x in items]
@@ -650,11 +675,15 @@ def reference_windows(records: list[tuple[str, int, int]], w: TumblingWindow | H
     return sorted(out, key=order), late
 
 
-AGGS: dict[str, Aggregate] = {"n": Count(), "sum": Sum("v"), "mean": Mean("v"), "lo": Min("v"), "hi": Max("v"), "first": First("v"),
-                              "last": Last("v")}
-WINDOWS = [TumblingWindow(50, idle_ms=None), TumblingWindow(50, grace_ms=20, idle_ms=None), HoppingWindow(60, 20, idle_ms=None),
-           HoppingWindow(60, 20, grace_ms=15, idle_ms=None), HoppingWindow(40, 40, idle_ms=None), HoppingWindow(45, 15, grace_ms=100,
-                                                                                                                idle_ms=None)]
+AGGS: dict[str, Aggregate] = {"n": Count(), "sum": Sum("v"), "mean": Mean("v"), "lo": Min("v"), "hi": Max("v"), "first": First("v"), "last": Last("v")}
+WINDOWS = [
+    TumblingWindow(50, idle_ms=None),
+    TumblingWindow(50, grace_ms=20, idle_ms=None),
+    HoppingWindow(60, 20, idle_ms=None),
+    HoppingWindow(60, 20, grace_ms=15, idle_ms=None),
+    HoppingWindow(40, 40, idle_ms=None),
+    HoppingWindow(45, 15, grace_ms=100, idle_ms=None),
+]
 
 
 @st.composite
@@ -703,8 +732,14 @@ class Run:
         return read_topic(self.log, f"{self.name}.dlq")
 
 
-def _run_chunks(log: SQLiteLog, window: Window, records: list[tuple[str, int, int]], sizes: list[int], restarts: set[int] | None = None,
-                agg: Aggregate | dict[str, Aggregate] = AGGS) -> Run:
+def _run_chunks(
+    log: SQLiteLog,
+    window: Window,
+    records: list[tuple[str, int, int]],
+    sizes: list[int],
+    restarts: set[int] | None = None,
+    agg: Aggregate | dict[str, Aggregate] = AGGS,
+) -> Run:
     """Append `records` in chunks of `sizes`, processing after each; a new task (a restart) after the chunks in `restarts`."""
     run_ = Run(log, f"r{next(_SEQ)}")
     topic = f"{run_.name}.in"

@@ -51,9 +51,7 @@ class DuckDBEngine:
         if not files:
             raise EmptyLakeError(f"the lake has no {dataset!r} data yet (looked in {ds}); run the app first")
         pattern = str(ds / "date=*" / "hour=*" / "*.parquet").replace("'", "''")
-        self.con.execute(
-            f"CREATE OR REPLACE VIEW {dataset} AS SELECT * FROM read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)"
-        )
+        self.con.execute(f"CREATE OR REPLACE VIEW {dataset} AS SELECT * FROM read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)")
         self._views.add(dataset)
 
     def query(self, sql: str, params: dict[str, Any] | None = None, *, datasets: tuple[str, ...] | list[str] = ()) -> list[dict[str, Any]]:

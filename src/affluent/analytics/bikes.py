@@ -236,30 +236,34 @@ def station_days(
         hours: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for h in engine.run(STATION_HOUR, **params):
             hstart = start_ms + int(h["hour_index"]) * HOUR_MS
-            hours.setdefault((h["system_id"], h["station_id"]), []).append({
-                "hour_index": int(h["hour_index"]),
-                "hour": hour_label(hstart, zone),
-                "start_ms": hstart,
-                "minutes_observed": h["observed_ms"] / 60000,
-                "mean_bikes": h["mean_bikes"],
-                "mean_docks": h["mean_docks"],
-                "minutes_empty": h["minutes_empty"],
-                "minutes_full": h["minutes_full"],
-            })
+            hours.setdefault((h["system_id"], h["station_id"]), []).append(
+                {
+                    "hour_index": int(h["hour_index"]),
+                    "hour": hour_label(hstart, zone),
+                    "start_ms": hstart,
+                    "minutes_observed": h["observed_ms"] / 60000,
+                    "mean_bikes": h["mean_bikes"],
+                    "mean_docks": h["mean_docks"],
+                    "minutes_empty": h["minutes_empty"],
+                    "minutes_full": h["minutes_full"],
+                }
+            )
         for d in engine.run(STATION_DAY, **params):
-            out.append(StationDay(
-                system_id=d["system_id"],
-                station_id=d["station_id"],
-                name=d["name"],
-                day=day.isoformat(),
-                timezone=zone,
-                minutes_observed=d["observed_ms"] / 60000,
-                mean_bikes=d["mean_bikes"],
-                mean_docks=d["mean_docks"],
-                minutes_empty=d["minutes_empty"],
-                minutes_full=d["minutes_full"],
-                hours=hours.get((d["system_id"], d["station_id"]), []),
-            ))
+            out.append(
+                StationDay(
+                    system_id=d["system_id"],
+                    station_id=d["station_id"],
+                    name=d["name"],
+                    day=day.isoformat(),
+                    timezone=zone,
+                    minutes_observed=d["observed_ms"] / 60000,
+                    mean_bikes=d["mean_bikes"],
+                    mean_docks=d["mean_docks"],
+                    minutes_empty=d["minutes_empty"],
+                    minutes_full=d["minutes_full"],
+                    hours=hours.get((d["system_id"], d["station_id"]), []),
+                )
+            )
     return out
 
 

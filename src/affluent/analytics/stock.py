@@ -23,7 +23,6 @@ True
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -31,6 +30,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from affluent.analytics.base import Question
+from affluent.core.clock import now_ms
 from affluent.core.errors import ConfigError
 
 DATASET = "stock_readings"
@@ -128,7 +128,7 @@ def parse_when(text: str, tz: ZoneInfo, *, end: bool = False) -> int:
     """
     text = text.strip()
     if text == "now":
-        return time.time_ns() // 1_000_000
+        return now_ms()
     try:
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
             d = date.fromisoformat(text) + timedelta(days=1 if end else 0)

@@ -11,6 +11,7 @@ import typer
 from rich.table import Table as RichTable
 
 from affluent.cli.common import console, fail, open_configured_log
+from affluent.core.clock import now_ms
 from affluent.core.errors import AffluentError, ConfigError
 from affluent.core.log import DAY_MS, OutgoingBatch, TopicConfig
 from affluent.core.records import Record
@@ -104,12 +105,21 @@ def describe(name: str) -> None:
     except AffluentError as exc:
         fail(exc)
     c = info.config
-    console.print(f"[bold]{info.name}[/]  partitions={c.partitions} retention={_retention(c.retention_ms)} "
-                  f"retention_bytes={c.retention_bytes or '-'} format={c.value_format}")
+    console.print(
+        f"[bold]{info.name}[/]  partitions={c.partitions} retention={_retention(c.retention_ms)} "
+        f"retention_bytes={c.retention_bytes or '-'} format={c.value_format}"
+    )
     table = RichTable("partition", "start offset", "end offset", "records", "size", "first event", "last event")
     for p in info.partitions:
-        table.add_row(str(p.partition), str(p.start_offset), str(p.end_offset), f"{p.records:,}", _size(p.size_bytes),
-                      _when(p.first_timestamp_ms), _when(p.last_timestamp_ms))
+        table.add_row(
+            str(p.partition),
+            str(p.start_offset),
+            str(p.end_offset),
+            f"{p.records:,}",
+            _size(p.size_bytes),
+            _when(p.first_timestamp_ms),
+            _when(p.last_timestamp_ms),
+        )
     console.print(table)
     if groups:
         ends = {p.partition: p.end_offset for p in info.partitions}
@@ -191,7 +201,7 @@ def produce(
                 log.create_topic(name)
             config = log.describe_topic(name).config
             out = OutgoingBatch()
-            now = time.time_ns() // 1_000_000
+            now = now_ms()
             for i, line in lines:
                 if config.value_format == "json":
                     try:

@@ -59,10 +59,7 @@ class MissingDependencyError(TerminalError):
     """An optional dependency is not installed; the message names the pip command."""
 
     def __init__(self, module: str, extra: str) -> None:
-        super().__init__(
-            f"the optional dependency {module!r} is not installed: "
-            f"run `pip install 'affluent[{extra}]'`"
-        )
+        super().__init__(f"the optional dependency {module!r} is not installed: run `pip install 'affluent[{extra}]'`")
         self.module = module
         self.extra = extra
 

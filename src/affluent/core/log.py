@@ -208,9 +208,7 @@ class Log(ABC):
     def read(self, topic: str, partition: int, offset: int, *, max_records: int = 10_000) -> list[RecordBatch]:
         """Batches from `offset` on, at most about `max_records` records; [] at the end of the log."""
 
-    def iter_batches(
-        self, topic: str, partition: int, offset: int, *, max_records: int = 10_000, decoder: ValueDecoder | None = None
-    ) -> Iterator[RecordBatch]:
+    def iter_batches(self, topic: str, partition: int, offset: int, *, max_records: int = 10_000, decoder: ValueDecoder | None = None) -> Iterator[RecordBatch]:
         """Like `read`, but decodes lazily, a small batch at a time (into `decoder`'s types if given)."""
         for b in self.read(topic, partition, offset, max_records=max_records):
             if decoder is not None:
@@ -260,7 +258,7 @@ class Log(ABC):
 
     # -- housekeeping -------------------------------------------------------------------------------
     @abstractmethod
-    def enforce_retention(self, now_ms: int | None = None) -> int:
+    def enforce_retention(self, at_ms: int | None = None) -> int:
         """Drop batches past their topic's retention; returns how many records were dropped."""
 
     def close(self) -> None:

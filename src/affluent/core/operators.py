@@ -258,6 +258,7 @@ class Validate(Node):
         if validate is not None:
             self.fn: Fn = lambda v: validate(v).model_dump(mode="json")
         else:
+
             def run(v: Any) -> Any:
                 got = check(v)
                 if got is False:

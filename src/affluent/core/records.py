@@ -213,7 +213,7 @@ def _open_blob(blob: bytes, where: str, verify: bool) -> _Blob:
         raise LogCorruptError(f"{where}: bad magic {magic!r}")
     view = memoryview(blob)
     body = view[_HEADER.size :]
-    if verify and zlib.crc32(body, zlib.crc32(view[16:_HEADER.size], zlib.crc32(view[:12]))) != crc:
+    if verify and zlib.crc32(body, zlib.crc32(view[16 : _HEADER.size], zlib.crc32(view[:12]))) != crc:
         raise LogCorruptError(f"{where}: checksum mismatch, the stored batch is damaged")
     fixed = 12 * count
     if len(body) < fixed + keys_len + headers_len + 2:
@@ -277,8 +277,9 @@ def decode_chunks(
     8,192-record batch of dicts does not.
     """
     if value_format != "json":
-        yield decode_batch(blob, topic=topic, partition=partition, base_offset=base_offset,
-                           value_format=value_format, verify=verify).tail_from(start_offset or base_offset)
+        yield decode_batch(blob, topic=topic, partition=partition, base_offset=base_offset, value_format=value_format, verify=verify).tail_from(
+            start_offset or base_offset
+        )
         return
     b = _open_blob(blob, f"topic {topic!r} partition {partition} batch at offset {base_offset}", verify)
     count, lengths, values_blob = b.count, b.lengths, b.values
@@ -293,17 +294,18 @@ def decode_chunks(
         start = end + 1
         values, failures = _decode_section(section, lengths[i:j], decoder, split)
         yield RecordBatch(
-            topic, partition, base_offset + i,
+            topic,
+            partition,
+            base_offset + i,
             b.keys[i:j] if b.keys is not None else [None] * (j - i),
-            values, b.times[i:j],
+            values,
+            b.times[i:j],
             b.headers[i:j] if b.headers is not None else None,
             failures,
         )
 
 
-def _decode_section(
-    section: memoryview | bytes, lengths: array[int], decoder: ValueDecoder | None, split: bool
-) -> tuple[list[Any], list[DecodeFailure]]:
+def _decode_section(section: memoryview | bytes, lengths: array[int], decoder: ValueDecoder | None, split: bool) -> tuple[list[Any], list[DecodeFailure]]:
     """Decode a JSON array of values in one call, or value by value when that is not safe or fails."""
     if not split:
         try:

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from affluent.core.clock import now_ms
 from affluent.core.errors import (
     AffluentError,
     FencedError,
@@ -44,10 +45,6 @@ DEFAULT_LOG_URL = "sqlite:///.affluent/affluent.db"
 #: an idle pipeline still commits (an empty checkpoint) this often, to renew its lease
 LEASE_RENEW_MS = 2_000
 _POSITION = b"position"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 MIN_EVENT_MS, MAX_EVENT_MS = -(1 << 62), 1 << 62
@@ -256,8 +253,7 @@ class PipelineTask:
             bad = {f.index for f in b.failures}
             for f in b.failures:
                 if b.base_offset + f.index >= checked:
-                    ctx.dead_letter(f"{b.topic}.decode", None, b.base_offset + f.index, f.error,
-                                    timestamp_ms=b.timestamps[f.index], raw=f.raw)
+                    ctx.dead_letter(f"{b.topic}.decode", None, b.base_offset + f.index, f.error, timestamp_ms=b.timestamps[f.index], raw=f.raw)
             keys, values = b.keys, b.values
             if bad:
                 idx = [i for i in range(len(b)) if i not in bad]
@@ -521,8 +517,17 @@ class SourceTask:
 
     def _dead_letter(self, cp: Checkpoint, r: Record, exc: BaseException) -> None:
         src = self.binding.source.name
-        doc = {"source": src, "step": f"{src}.key", "error": f"{type(exc).__name__}: {exc}", "error_type": type(exc).__name__,
-               "topic": self.binding.topic, "partition": None, "offset": None, "value": _jsonable(r.value), "failed_at_ms": now_ms()}
+        doc = {
+            "source": src,
+            "step": f"{src}.key",
+            "error": f"{type(exc).__name__}: {exc}",
+            "error_type": type(exc).__name__,
+            "topic": self.binding.topic,
+            "partition": None,
+            "offset": None,
+            "value": _jsonable(r.value),
+            "failed_at_ms": now_ms(),
+        }
         cp.output(self.dlq_topic).extend([None], [dumps(doc)], [now_ms()])  # the record's own time may be what is wrong
         self.metrics.inc("affluent_dead_letters_total", pipeline=self.dlq_topic.removesuffix(".dlq"), step=f"{src}.key")
         log.warning("dead letter from source %s: %s: %s", src, type(exc).__name__, exc)
@@ -679,8 +684,16 @@ class Runtime:
     def status(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for st in self.source_tasks:
-            out.append({"kind": "source", "name": st.binding.source.name, "status": st.status, "records": st.records_out,
-                        "offline": st.binding.source.offline, "error": st.error})
+            out.append(
+                {
+                    "kind": "source",
+                    "name": st.binding.source.name,
+                    "status": st.status,
+                    "records": st.records_out,
+                    "offline": st.binding.source.offline,
+                    "error": st.error,
+                }
+            )
         for t in self.tasks:
             out.append({"kind": "pipeline", "name": t.pipeline.name, "status": t.status, "records": t.records_in, "error": t.error})
         return out

@@ -14,7 +14,6 @@ import os
 import socket
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import msgspec
 import orjson
 
+from affluent.core.clock import now_ms
 from affluent.core.errors import (
     ConfigError,
     FencedError,
@@ -75,10 +75,6 @@ CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY, owner TEXT NOT NULL, pid INTEGER NOT NULL, host TEXT NOT NULL,
     heartbeat_ms INTEGER NOT NULL);
 """
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _pid_alive(pid: int) -> bool:
@@ -197,7 +193,7 @@ class SQLiteLog(Log):
             else:
                 cur = conn.execute(
                     "INSERT INTO topics (name, config, created_ms) VALUES (?, ?, ?)",
-                    (name, orjson.dumps(config.to_dict()).decode(), _now_ms()),
+                    (name, orjson.dumps(config.to_dict()).decode(), now_ms()),
                 )
                 conn.executemany(
                     "INSERT INTO partitions VALUES (?, ?, 0, 0)",
@@ -266,7 +262,7 @@ class SQLiteLog(Log):
                 groups_l.setdefault(partition_for(k, config.partitions, i), []).append(i)
             groups = dict(groups_l)
         result: dict[int, tuple[int, int]] = {}
-        now = _now_ms()
+        now = now_ms()
         for p, idx in groups.items():
             row = conn.execute("SELECT end_offset FROM partitions WHERE topic_id=? AND partition=?", (topic_id, p)).fetchone()
             if row is None:
@@ -284,8 +280,7 @@ class SQLiteLog(Log):
                 rows.append((topic_id, p, offset, stop - start, min(ts), max(ts), now, len(blob), blob))
                 offset += stop - start
             conn.executemany(
-                "INSERT INTO batches (topic_id, partition, base_offset, count, min_ts, max_ts, append_ms, size, data) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO batches (topic_id, partition, base_offset, count, min_ts, max_ts, append_ms, size, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             conn.execute("UPDATE partitions SET end_offset=? WHERE topic_id=? AND partition=?", (offset, topic_id, p))
@@ -321,9 +316,7 @@ class SQLiteLog(Log):
             cur.close()
         return out
 
-    def iter_batches(
-        self, topic: str, partition: int, offset: int, *, max_records: int = 10_000, decoder: ValueDecoder | None = None
-    ) -> Iterator[RecordBatch]:
+    def iter_batches(self, topic: str, partition: int, offset: int, *, max_records: int = 10_000, decoder: ValueDecoder | None = None) -> Iterator[RecordBatch]:
         conn = self._conn()
         topic_id, config = self._topic(topic, conn)
         if not 0 <= partition < config.partitions:
@@ -344,8 +337,9 @@ class SQLiteLog(Log):
                     yield from self.iter_batches(topic, partition, offset, max_records=max_records, decoder=decoder)
                 return
             base, count, blob = row
-            for b in decode_chunks(blob, topic=topic, partition=partition, base_offset=base, start_offset=offset,
-                                   value_format=config.value_format, decoder=decoder):
+            for b in decode_chunks(
+                blob, topic=topic, partition=partition, base_offset=base, start_offset=offset, value_format=config.value_format, decoder=decoder
+            ):
                 yield b
                 seen += len(b)
             offset = base + count
@@ -380,14 +374,17 @@ class SQLiteLog(Log):
     def list_groups(self) -> list[tuple[str, str, int, int]]:
         """(group, topic, partition, next_offset) for every committed offset."""
         with self._errors("listing consumer groups of"):
-            return self._conn().execute(
-                "SELECT g.grp, t.name, g.partition, g.next_offset FROM group_offsets g JOIN topics t ON t.id=g.topic_id "
-                "ORDER BY g.grp, t.name, g.partition"
-            ).fetchall()
+            return (
+                self._conn()
+                .execute(
+                    "SELECT g.grp, t.name, g.partition, g.next_offset FROM group_offsets g JOIN topics t ON t.id=g.topic_id ORDER BY g.grp, t.name, g.partition"
+                )
+                .fetchall()
+            )
 
     def commit_checkpoint(self, checkpoint: Checkpoint) -> dict[str, dict[int, tuple[int, int]]]:
         result: dict[str, dict[int, tuple[int, int]]] = {}
-        now = _now_ms()
+        now = now_ms()
         with self._write(f"committing a checkpoint of {checkpoint.group or 'a producer'!r} to") as conn:
             if checkpoint.owner is not None:
                 lease = checkpoint.lease or checkpoint.group
@@ -427,7 +424,7 @@ class SQLiteLog(Log):
     # -- leases ----------------------------------------------------------------------------------------------------
     def acquire_lease(self, name: str, owner: str, *, takeover_after_s: float = 10.0) -> None:
         host = socket.gethostname()
-        now = _now_ms()
+        now = now_ms()
         with self._write(f"claiming pipeline {name!r} in") as conn:
             row = conn.execute("SELECT owner, pid, host, heartbeat_ms FROM leases WHERE name=?", (name,)).fetchone()
             if row is not None and row[0] != owner:
@@ -443,7 +440,7 @@ class SQLiteLog(Log):
 
     def check_lease(self, name: str, owner: str) -> None:
         with self._write(f"checking the lease of pipeline {name!r} in") as conn:
-            cur = conn.execute("UPDATE leases SET heartbeat_ms=? WHERE name=? AND owner=?", (_now_ms(), name, owner))
+            cur = conn.execute("UPDATE leases SET heartbeat_ms=? WHERE name=? AND owner=?", (now_ms(), name, owner))
             if cur.rowcount == 0:
                 raise FencedError(f"pipeline {name!r} was taken over by another process; this one stops")
 
@@ -452,8 +449,8 @@ class SQLiteLog(Log):
             conn.execute("DELETE FROM leases WHERE name=? AND owner=?", (name, owner))
 
     # -- retention -----------------------------------------------------------------------------------------------------
-    def enforce_retention(self, now_ms: int | None = None) -> int:
-        now = now_ms if now_ms is not None else _now_ms()
+    def enforce_retention(self, at_ms: int | None = None) -> int:
+        now = at_ms if at_ms is not None else now_ms()
         dropped = 0
         with self._errors("listing topics of"):
             topics = self._conn().execute("SELECT id, name, config FROM topics").fetchall()
@@ -480,9 +477,7 @@ class SQLiteLog(Log):
                             if total > config.retention_bytes:
                                 doomed.append((bid, count))
                     # size retention keeps the newest batch, like Kafka's active segment: a consumer may not have read it yet
-                    newest = conn.execute(
-                        "SELECT id FROM batches WHERE topic_id=? AND partition=? ORDER BY base_offset DESC LIMIT 1", (topic_id, p)
-                    ).fetchone()
+                    newest = conn.execute("SELECT id FROM batches WHERE topic_id=? AND partition=? ORDER BY base_offset DESC LIMIT 1", (topic_id, p)).fetchone()
                     ids = {bid: count for bid, count in doomed if newest is None or bid != newest[0]}
                     for bid, count in aged:
                         ids[bid] = count

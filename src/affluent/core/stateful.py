@@ -47,8 +47,7 @@ def hashable_keys(batch: Batch, ctx: TaskContext, step: str) -> Batch:
         try:
             hash(k)
         except TypeError as exc:
-            ctx.dead_letter(step, batch.values[i], batch.offsets[i], TypeError(f"the key {k!r} cannot be a state key: {exc}"),
-                            timestamp_ms=batch.timestamps[i])
+            ctx.dead_letter(step, batch.values[i], batch.offsets[i], TypeError(f"the key {k!r} cannot be a state key: {exc}"), timestamp_ms=batch.timestamps[i])
             keys.append(None)
             keep.append(False)
             continue
@@ -59,8 +58,7 @@ def hashable_keys(batch: Batch, ctx: TaskContext, step: str) -> Batch:
 
 
 class _WindowPartition:
-    __slots__ = ("by_start", "dirty", "last_data_wall", "last_tick_wall", "pending", "pending_min", "sessions", "touched", "wins", "wm",
-                 "wm_dirty")
+    __slots__ = ("by_start", "dirty", "last_data_wall", "last_tick_wall", "pending", "pending_min", "sessions", "touched", "wins", "wm", "wm_dirty")
 
     def __init__(self, now_wall_ms: int) -> None:
         self.wins: dict[tuple[Any, int], Any] = {}
@@ -89,9 +87,7 @@ class WindowOp(Node):
             raise PipelineError(f"window {name!r}: emit must be 'close' or 'update', not {emit!r}")
         if isinstance(window, SessionWindow) and getattr(aggregate, "_merge", True) is None:
             raise PipelineError(f"window {name!r}: session windows merge sessions, and this Reduce has no merge function")
-        if isinstance(window, SessionWindow) and isinstance(aggregate, Aggregates) and any(
-            getattr(a, "_merge", True) is None for _, a in aggregate.parts
-        ):
+        if isinstance(window, SessionWindow) and isinstance(aggregate, Aggregates) and any(getattr(a, "_merge", True) is None for _, a in aggregate.parts):
             raise PipelineError(f"window {name!r}: session windows merge sessions, and one aggregate has no merge function")
         # after key_by, records of one key come from every input partition: one state for all of them,
         # whose watermark is the lowest of the partitions' (embedded: one task reads every partition)
@@ -117,7 +113,7 @@ class WindowOp(Node):
                 part.wm = orjson.loads(v)
                 continue
             if k.startswith(_INPUT_WM):
-                self.input_wm[int(k[len(_INPUT_WM):])] = orjson.loads(v)
+                self.input_wm[int(k[len(_INPUT_WM) :])] = orjson.loads(v)
                 continue
             if isinstance(self.window, SessionWindow):
                 part.sessions[_hashable(orjson.loads(k))] = orjson.loads(v)
@@ -530,8 +526,7 @@ class Dedupe(Node):
                 k = _hashable(k)
                 prev = seen.get(k)
                 # expired by the watermark, record by record: the same answer however the log is batched
-                fresh = (prev is None or (ttl is not None and prev[1] <= wm)
-                         or (ver is not None and (prev[0] is None or ver > prev[0])))
+                fresh = prev is None or (ttl is not None and prev[1] <= wm) or (ver is not None and (prev[0] is None or ver > prev[0]))
             except TypeError as exc:  # an unhashable key, or a version of another type than before (a schema change)
                 ctx.dead_letter(self.name, batch.values[i], batch.offsets[i], exc, timestamp_ms=t)
                 keep.append(False)
@@ -585,10 +580,7 @@ class KeyedStep(Node):
             self.dirty = set()
 
     def state_changes(self) -> list[StateChange]:
-        out = [
-            StateChange(self.store, 0, orjson.dumps(k), None if self.states.get(k) is None else orjson.dumps(self.states[k]))
-            for k in self.dirty
-        ]
+        out = [StateChange(self.store, 0, orjson.dumps(k), None if self.states.get(k) is None else orjson.dumps(self.states[k])) for k in self.dirty]
         self.dirty.clear()
         return out
 

@@ -145,9 +145,7 @@ class DuckDBServingSink(Sink):
         cols = ", ".join(f'"{c}" {_storage(t)}' for c, t in self.columns.items())
         keys = ", ".join(f'"{k}"' for k in self.key_columns)
         self._con.execute(f'CREATE TABLE IF NOT EXISTS "{self.table}" ({cols}, PRIMARY KEY ({keys}))')
-        have = {r[0] for r in self._con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [self.table]
-        ).fetchall()}
+        have = {r[0] for r in self._con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = ?", [self.table]).fetchall()}
         for c, t in self.columns.items():
             if c not in have:  # a newer version of the app added a column
                 self._con.execute(f'ALTER TABLE "{self.table}" ADD COLUMN "{c}" {_storage(t)}')

@@ -189,8 +189,11 @@ class ParquetLakeSink(Sink):
                 continue  # already in the lake: a replay after a crash
             if r.offset < 0 and not self._warned:
                 self._warned = True
-                log.warning("lake %s: records without a source offset (window results) cannot be deduplicated after a crash; "
-                            "write them to a topic and feed the lake from that topic", self.dataset)
+                log.warning(
+                    "lake %s: records without a source offset (window results) cannot be deduplicated after a crash; "
+                    "write them to a topic and feed the lake from that topic",
+                    self.dataset,
+                )
             row = self.row(r) if self.row is not None else r.value
             if not isinstance(row, dict):
                 raise ConfigError(f"lake {self.dataset!r} takes dict rows, got {type(row).__name__}")
@@ -282,8 +285,7 @@ def _compact_dataset(ds: Path, stats: dict[str, int]) -> None:
         merged = pa.concat_tables(tables, promote_options="permissive")
         name = f"part-{_seq(files[-1]):010d}-c{uuid.uuid4().hex[:8]}.parquet"
         marker = ds / COMMITS / f"compact-{uuid.uuid4().hex}.json"
-        _atomic_write(marker, orjson.dumps({"file": str((folder / name).relative_to(ds)),
-                                            "replaces": [str(f.relative_to(ds)) for f in files]}))
+        _atomic_write(marker, orjson.dumps({"file": str((folder / name).relative_to(ds)), "replaces": [str(f.relative_to(ds)) for f in files]}))
         _write_table(folder / name, merged)
         for f in files:
             f.unlink()

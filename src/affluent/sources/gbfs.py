@@ -51,6 +51,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import orjson
 
+from affluent.core.clock import now_ms
 from affluent.core.errors import SourceUnavailableError
 from affluent.core.metrics import METRICS, Metrics
 from affluent.core.records import Record
@@ -86,10 +87,6 @@ class GBFSFeedMissingError(GBFSFeedError):
 
 class GBFSVersionError(GBFSFeedError):
     """A GBFS version this client does not know."""
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 # -- value coercion --------------------------------------------------------------------------------------
@@ -647,9 +644,7 @@ class GBFSSource(Source):
             if got.body is None:
                 self._rediscover_at = now + self._ttl_wait(self.discovery.ttl_s if self.discovery else None)
                 return
-            disc = parse_discovery(
-                parse_document(got.body, url=self.url, content_type=got.content_type), url=self.url, language=self.language
-            )
+            disc = parse_discovery(parse_document(got.body, url=self.url, content_type=got.content_type), url=self.url, language=self.language)
         except SourceUnavailableError as exc:
             self._count_error("gbfs", exc)
             if self.discovery is None:
@@ -764,7 +759,7 @@ class GBFSSource(Source):
         env = envelope(parse_document(got.body, url=url, content_type=got.content_type), default_version=disc.version)
         if env.last_updated_ms is None or env.last_updated_ms != st.last_updated_ms:
             try:
-                recs = self._normalize(feed, env, env.last_updated_ms or wall_ms())
+                recs = self._normalize(feed, env, env.last_updated_ms or now_ms())
             except SourceUnavailableError:
                 raise
             except Exception as exc:  # a shape no rule above foresaw: this file is unreadable, the others go on
@@ -804,9 +799,7 @@ class GBFSSource(Source):
         if problems:
             for reason, n in problems.items():
                 self.metrics.inc("affluent_gbfs_bad_records_total", n, source=self.name, feed=feed, reason=reason)
-            log.warning(
-                "source %s: %s snapshot has bad rows: %s", self.name, feed, ", ".join(f"{n} {r}" for r, n in sorted(problems.items()))
-            )
+            log.warning("source %s: %s snapshot has bad rows: %s", self.name, feed, ", ".join(f"{n} {r}" for r, n in sorted(problems.items())))
         return [Record(value=r, key=record_key(r), timestamp_ms=snapshot_ms) for r in rows]
 
     def _changed_stations(self, rows: list[dict[str, Any]], snapshot_ms: int) -> list[dict[str, Any]]:
@@ -823,9 +816,7 @@ class GBFSSource(Source):
                 out.append(r)
         for sid in [s for s in seen if s not in current]:
             del seen[sid]
-            out.append(
-                {"feed": "station_information", "system_id": self.system_id, "station_id": sid, "removed": True, "snapshot_ms": snapshot_ms}
-            )
+            out.append({"feed": "station_information", "system_id": self.system_id, "station_id": sid, "removed": True, "snapshot_ms": snapshot_ms})
         return out
 
     def _names_first(self, status: list[Record], now: float) -> list[Record]:

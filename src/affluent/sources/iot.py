@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
+from affluent.core.clock import now_ms
 from affluent.core.errors import ConfigError, MissingDependencyError, SourceUnavailableError
 from affluent.core.records import Record
 from affluent.core.sources import Source, SourcePoll
@@ -35,10 +36,6 @@ from affluent.core.sources import Source, SourcePoll
 log = logging.getLogger("affluent.sources.iot")
 
 DAY_MS = 86_400_000
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 # -- the simulator ----------------------------------------------------------------------------------
@@ -85,7 +82,7 @@ class SimulatorSource(Source):
         backfill_ms: int = 7 * DAY_MS,
         max_records_per_poll: int = 20_000,
         fingerprint: Any = None,
-        clock: Callable[[], int] = wall_ms,
+        clock: Callable[[], int] = now_ms,
     ) -> None:
         if not speed > 0:
             raise ConfigError(f"simulator speed must be positive, not {speed}")

@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
+from affluent.core.clock import now_ms
 from affluent.core.errors import ConfigError
 from affluent.core.records import Record
 from affluent.core.sources import Source, SourcePoll
 
 FORMAT_VERSION = 1
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class RecordingSource(Source):
@@ -44,7 +40,7 @@ class RecordingSource(Source):
         fresh = not self.path.exists() or self.path.stat().st_size == 0
         self._file = self.path.open("ab")
         if fresh:
-            self._write({"affluent_recording": FORMAT_VERSION, "source": self.inner.name, "started_ms": _now_ms()})
+            self._write({"affluent_recording": FORMAT_VERSION, "source": self.inner.name, "started_ms": now_ms()})
 
     def _write(self, doc: Any) -> None:
         assert self._file is not None
@@ -54,10 +50,12 @@ class RecordingSource(Source):
     def poll(self) -> SourcePoll:
         result = self.inner.poll()
         if result.records:
-            self._write({
-                "wall_ms": _now_ms(),
-                "records": [{"k": r.key, "v": r.value, "t": r.timestamp_ms, "h": r.headers} for r in result.records],
-            })
+            self._write(
+                {
+                    "wall_ms": now_ms(),
+                    "records": [{"k": r.key, "v": r.value, "t": r.timestamp_ms, "h": r.headers} for r in result.records],
+                }
+            )
         return result
 
     def close(self) -> None:
@@ -133,7 +131,7 @@ class ReplaySource(Source):
             self.shift_ms = int(pos["shift_ms"])
         elif self.shift_to_now and self.polls:
             first_event = min((r.timestamp_ms for _, rs in self.polls for r in rs if r.timestamp_ms), default=self.polls[0][0])
-            self.shift_ms = _now_ms() - first_event
+            self.shift_ms = now_ms() - first_event
 
     def poll(self) -> SourcePoll:
         if self.index >= len(self.polls):

@@ -72,9 +72,7 @@ def recording_source(b: BikesSettings, data_dir: Path) -> GBFSReplaySource:
     return GBFSReplaySource(recording_path(data_dir), speed=b.replay_speed, loop=True, shift_to_now=True)
 
 
-def choose_source(
-    b: BikesSettings, *, offline: bool, data_dir: Path = Path(".affluent"), feed: str | None = None, fallback: bool | None = None
-) -> Source:
+def choose_source(b: BikesSettings, *, offline: bool, data_dir: Path = Path(".affluent"), feed: str | None = None, fallback: bool | None = None) -> Source:
     """The live feed (`feed`, else the configured one), or the recording when offline or unreachable.
 
     fallback: replay the recording when the feed does not answer at startup (default: the setting).

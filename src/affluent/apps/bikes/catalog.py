@@ -76,18 +76,20 @@ def load_systems(path: str | Path | None = None) -> list[System]:
         url = (row.get("Auto-Discovery URL") or "").strip()
         if not url:
             continue
-        out.append(System(
-            country=(row.get("Country Code") or "").strip().upper(),
-            name=(row.get("Name") or "").strip(),
-            location=(row.get("Location") or "").strip(),
-            system_id=(row.get("System ID") or "").strip(),
-            url=(row.get("URL") or "").strip(),
-            discovery_url=url,
-            versions=tuple(v.strip() for v in (row.get("Supported Versions") or "").split(";") if v.strip()),
-            auth_info_url=(row.get("Authentication Info URL") or "").strip(),
-            auth_type=(row.get("Authentication Type") or "").strip(),
-            auth_parameter=(row.get("Authentication Parameter Name") or "").strip(),
-        ))
+        out.append(
+            System(
+                country=(row.get("Country Code") or "").strip().upper(),
+                name=(row.get("Name") or "").strip(),
+                location=(row.get("Location") or "").strip(),
+                system_id=(row.get("System ID") or "").strip(),
+                url=(row.get("URL") or "").strip(),
+                discovery_url=url,
+                versions=tuple(v.strip() for v in (row.get("Supported Versions") or "").split(";") if v.strip()),
+                auth_info_url=(row.get("Authentication Info URL") or "").strip(),
+                auth_type=(row.get("Authentication Type") or "").strip(),
+                auth_parameter=(row.get("Authentication Parameter Name") or "").strip(),
+            )
+        )
     return out
 
 

@@ -97,8 +97,9 @@ def analyze_command(
         for col in ("mean bikes", "mean docks", "min empty", "min full", "min seen"):
             table.add_column(col, justify="right")
         for r in group:
-            table.add_row(r.name or r.station_id, _num(r.mean_bikes), _num(r.mean_docks),
-                          f"{r.minutes_empty:.1f}", f"{r.minutes_full:.1f}", f"{r.minutes_observed:.0f}")
+            table.add_row(
+                r.name or r.station_id, _num(r.mean_bikes), _num(r.mean_docks), f"{r.minutes_empty:.1f}", f"{r.minutes_full:.1f}", f"{r.minutes_observed:.0f}"
+            )
         console.print(table)
         if hourly:
             for r in group:
@@ -106,8 +107,14 @@ def analyze_command(
                 for col in ("hour", "mean bikes", "mean docks", "min empty", "min full", "min seen"):
                     ht.add_column(col, justify="right")
                 for h in r.hours:
-                    ht.add_row(h["hour"], _num(h["mean_bikes"]), _num(h["mean_docks"]),
-                               f"{h['minutes_empty']:.1f}", f"{h['minutes_full']:.1f}", f"{h['minutes_observed']:.0f}")
+                    ht.add_row(
+                        h["hour"],
+                        _num(h["mean_bikes"]),
+                        _num(h["mean_docks"]),
+                        f"{h['minutes_empty']:.1f}",
+                        f"{h['minutes_full']:.1f}",
+                        f"{h['minutes_observed']:.0f}",
+                    )
                 console.print(ht)
 
 

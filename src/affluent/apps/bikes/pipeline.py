@@ -133,27 +133,29 @@ SYSTEM_COLUMNS = {
     "gbfs_version": "VARCHAR",
     "snapshot_ms": "BIGINT",
 }
-LAKE_SCHEMA = pa.schema([
-    ("system_id", pa.string()),
-    ("station_id", pa.string()),
-    ("name", pa.string()),
-    ("lat", pa.float64()),
-    ("lon", pa.float64()),
-    ("capacity", pa.int32()),
-    ("num_bikes_available", pa.int32()),
-    ("num_docks_available", pa.int32()),
-    ("num_bikes_disabled", pa.int32()),
-    ("num_docks_disabled", pa.int32()),
-    ("is_installed", pa.bool_()),
-    ("is_renting", pa.bool_()),
-    ("is_returning", pa.bool_()),
-    ("is_empty", pa.bool_()),
-    ("is_full", pa.bool_()),
-    ("is_saturated", pa.bool_()),
-    ("last_reported_ms", pa.int64()),
-    ("snapshot_ms", pa.int64()),
-    ("timezone", pa.string()),
-])
+LAKE_SCHEMA = pa.schema(
+    [
+        ("system_id", pa.string()),
+        ("station_id", pa.string()),
+        ("name", pa.string()),
+        ("lat", pa.float64()),
+        ("lon", pa.float64()),
+        ("capacity", pa.int32()),
+        ("num_bikes_available", pa.int32()),
+        ("num_docks_available", pa.int32()),
+        ("num_bikes_disabled", pa.int32()),
+        ("num_docks_disabled", pa.int32()),
+        ("is_installed", pa.bool_()),
+        ("is_renting", pa.bool_()),
+        ("is_returning", pa.bool_()),
+        ("is_empty", pa.bool_()),
+        ("is_full", pa.bool_()),
+        ("is_saturated", pa.bool_()),
+        ("last_reported_ms", pa.int64()),
+        ("snapshot_ms", pa.int64()),
+        ("timezone", pa.string()),
+    ]
+)
 
 
 # -- keys and joins ---------------------------------------------------------------------------------------------

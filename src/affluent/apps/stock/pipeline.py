@@ -174,5 +174,3 @@ def run_until_drained(pipes: list[Pipeline], log_: Log, *, timeout_s: float | No
     for topic in (READINGS, ALERTS, RESTOCK, "stock.dlq"):
         counts[topic] = log_.describe_topic(topic).records if log_.topic_exists(topic) else 0
     return counts
-
-
