@@ -67,6 +67,8 @@ class BikesSettings(BaseModel):
     timezone: str = "Europe/Paris"
     #: the lake pipeline commits (writes Parquet files) this often
     lake_commit_s: float = 30.0
+    #: MobilityData's catalogue of public GBFS systems, refreshed from here when online (cached a day)
+    catalog_url: str = "https://raw.githubusercontent.com/MobilityData/gbfs/master/systems.csv"
 
 
 class FranceTravailSettings(BaseModel):
@@ -86,12 +88,18 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".affluent")
     #: force offline mode (recorded replays and simulators) even when the network is reachable
     offline: bool = False
+    #: a live record timed further ahead of the wall clock is a dead letter (publishers' clocks drift a little)
+    max_event_ahead_s: float = 300.0
     log: LogSettings = Field(default_factory=LogSettings)
     lake: LakeSettings = Field(default_factory=LakeSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     stock: StockSettings = Field(default_factory=StockSettings)
     bikes: BikesSettings = Field(default_factory=BikesSettings)
     france_travail: FranceTravailSettings = Field(default_factory=FranceTravailSettings)
+
+    @property
+    def max_event_ahead_ms(self) -> int:
+        return int(self.max_event_ahead_s * 1000)
 
     @classmethod
     def settings_customise_sources(

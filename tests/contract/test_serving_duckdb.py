@@ -35,6 +35,7 @@ def test_upserts_by_key_last_one_wins(tmp_path: Path) -> None:
     s.write([rec("a", 1, 10), rec("b", 0, 10), rec("a", 3, 20)])  # a twice in one batch
     s.flush()
     s.write([rec("b", 4, 30)])
+    s.flush()
     s.close()
     assert rows(db) == [
         {"station_id": "a", "bikes": 3, "full": False, "ts": 20, "extra": '{"n":3}'},
@@ -50,12 +51,14 @@ def test_replaying_records_after_a_crash_changes_nothing(tmp_path: Path) -> None
     s.write(batch)
     s.flush()
     s.write(batch)  # the same records again, as after a crash between flush and commit
+    s.flush()
     s.close()
     once = rows(db)
     assert [r["bikes"] for r in once] == [5, 2]
     s2 = sink(db)
     s2.open()
     s2.write(batch)
+    s2.flush()
     s2.close()
     assert rows(db) == once
 
@@ -67,6 +70,7 @@ def test_retention_drops_rows_older_than_the_newest(tmp_path: Path) -> None:
     s.write([rec("a", 1, 1000), rec("b", 1, 1000)])
     s.flush()
     s.write([rec("a", 2, 1150)])
+    s.flush()
     s.close()
     assert [r["station_id"] for r in rows(db)] == ["a"]
 
@@ -76,12 +80,26 @@ def test_new_columns_are_added_to_an_existing_table(tmp_path: Path) -> None:
     old = DuckDBServingSink(db, "stations", key_columns=("system_id", "station_id"), columns={"system_id": "VARCHAR", "station_id": "VARCHAR"})
     old.open()
     old.write([Record(value={"system_id": "s", "station_id": "z"})])
+    old.flush()
     old.close()
     s = sink(db)
     s.open()
     s.write([rec("a", 1, 1)])
+    s.flush()
     s.close()
     assert [r["station_id"] for r in rows(db)] == ["a", "z"]
+
+
+def test_close_drops_what_was_not_flushed(tmp_path: Path) -> None:
+    """A process that lost its lease closes its sinks: what they hold must not reach the store."""
+    db = tmp_path / "serving.duckdb"
+    s = sink(db)
+    s.open()
+    s.write([rec("a", 1, 10)])
+    s.flush()
+    s.write([rec("a", 9, 20), rec("b", 2, 20)])
+    s.close()
+    assert [(r["station_id"], r["bikes"]) for r in rows(db)] == [("a", 1)]
 
 
 def test_bad_definitions_are_refused(tmp_path: Path) -> None:

@@ -2,6 +2,9 @@
 
 Each path serves, in this order of precedence:
 - scripted replies queued with `script(path, ...)`, one per request (errors, 429 with Retry-After, HTML...);
+- faults injected with `flaky(paths, rate=..., seed=...)` on about `rate` of the requests (drawn from a
+  seeded generator per path, the kinds taken in turn): the same seed gives the same faults, in the same
+  order of requests, in every run;
 - a sequence set with `sequence(path, items)`, advancing one item per request and repeating the last;
 - a static body set with `put(path, doc)` or a function of the server set with `route(path, fn)`.
 200 replies carry an ETag (or a Last-Modified) and conditional requests get 304 when nothing changed.
@@ -11,8 +14,10 @@ Each path serves, in this order of precedence:
 from __future__ import annotations
 
 import hashlib
+import random
+import sys
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -56,6 +61,13 @@ def error_reply(kind: str) -> Reply:
     raise ValueError(kind)
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # a client that gave up (a timeout test): nothing to report
+        super().handle_error(request, client_address)
+
+
 class GBFSServer:
     def __init__(self, *, validators: str | None = "etag") -> None:
         self.files: dict[str, Callable[[GBFSServer], Reply | bytes | None]] = {}
@@ -65,8 +77,13 @@ class GBFSServer:
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.validators = validators
         self.lock = threading.Lock()
+        #: path -> (fault rate, fault kinds, the path's own seeded generator)
+        self.fault_plans: dict[str, tuple[float, tuple[str, ...], random.Random]] = {}
+        #: (path, kind) -> faults served
+        self.faults: Counter[tuple[str, str]] = Counter()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._base_url: str | None = None
 
     # -- content -----------------------------------------------------------------------------------------
     def put(self, path: str, doc: Any) -> None:
@@ -79,6 +96,20 @@ class GBFSServer:
     def script(self, path: str, *replies: Reply | str) -> None:
         q = self.scripts.setdefault(path, deque())
         q.extend(r if isinstance(r, Reply) else error_reply(r) for r in replies)
+
+    def flaky(self, paths: Iterable[str], *, rate: float, seed: int, kinds: Iterable[str] = ("html", "truncated", "500", "503")) -> None:
+        """Answer about `rate` of the requests for each path with a fault: `kinds` in turn (see `error_reply`).
+
+        Each path draws from its own generator seeded with (seed, path), so the n-th request for a path
+        gets the same answer in every run, whatever the other paths and threads do; taking the kinds in
+        turn gives every kind its share even in a short run.
+        """
+        with self.lock:
+            for path in paths:
+                self.fault_plans[path] = (rate, tuple(kinds), random.Random(f"{seed}:{path}"))
+
+    def faults_served(self, path: str | None = None) -> int:
+        return sum(n for (p, _), n in self.faults.items() if path is None or p == path)
 
     def sequence(self, path: str, items: Iterable[Any]) -> None:
         """Items: documents, bytes, Reply, or an error kind string ('503', 'html', ...)."""
@@ -102,6 +133,13 @@ class GBFSServer:
             q = self.scripts.get(path)
             if q:
                 return q.popleft()
+            plan = self.fault_plans.get(path)
+            if plan is not None:
+                rate, kinds, rng = plan
+                if rng.random() < rate:
+                    kind = kinds[sum(n for (p, _), n in self.faults.items() if p == path) % len(kinds)]
+                    self.faults[path, kind] += 1
+                    return error_reply(kind)
             if path in self.sequences:
                 items = self.sequences[path]
                 i = min(self.counts[path], len(items) - 1)
@@ -171,17 +209,19 @@ class GBFSServer:
                 if body:
                     self.wfile.write(body)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
+        host, port = self._httpd.server_address[:2]
+        self._base_url = f"http://{host}:{port}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="gbfs-test-server", daemon=True)
         self._thread.start()
         return self
 
     @property
     def base_url(self) -> str:
-        assert self._httpd is not None
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        # kept once stopped: a request still being answered as the server stops must not fail on it
+        assert self._base_url is not None, "the server was never started"
+        return self._base_url
 
     def url(self, path: str) -> str:
         return self.base_url + path

@@ -162,7 +162,7 @@ def test_a_task_that_lost_its_lease_is_fenced_and_commits_nothing(log: SQLiteLog
             other.acquire_lease("copy", "the-new-owner", takeover_after_s=0.01)
 
     task = PipelineTask(_copy_pipeline(taken_over), log, metrics=Metrics())
-    with pytest.raises(FencedError, match="'copy' was taken over by another process"):
+    with pytest.raises(FencedError, match="'copy' was taken over by pid"):
         task.run(threading.Event())
     assert task.status == "fenced"
     assert "taken over" in (task.error or "")

@@ -2,7 +2,8 @@
 
 A question is SQL over views named after lake datasets, in the subset of SQL that DuckDB and Spark
 SQL share. An engine makes each view from `<root>/<dataset>/**/*.parquet` with the `date` and
-`hour` folder names as columns.
+`hour` folder names as columns. A damaged file of the lake makes a question fail with a LakeError
+that names the file (found with `check_lake`), never with the engine's traceback.
 """
 
 from __future__ import annotations
@@ -13,11 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from affluent.core.errors import TerminalError
-from affluent.sinks.lake import dataset_path
+from affluent.sinks.lake import LakeError, check_lake, dataset_path
 
 
 class EmptyLakeError(TerminalError):
     """The dataset a question needs has no data (yet)."""
+
+
+class AnalysisError(TerminalError):
+    """The engine could not answer a question (and no damaged lake file explains why)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,8 @@ class DuckDBEngine:
         self._views: set[str] = set()
 
     def view(self, dataset: str) -> None:
+        import duckdb
+
         if dataset in self._views:
             return
         ds = dataset_path(self.root, dataset)
@@ -51,15 +58,40 @@ class DuckDBEngine:
         if not files:
             raise EmptyLakeError(f"the lake has no {dataset!r} data yet (looked in {ds}); run the app first")
         pattern = str(ds / "date=*" / "hour=*" / "*.parquet").replace("'", "''")
-        self.con.execute(f"CREATE OR REPLACE VIEW {dataset} AS SELECT * FROM read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)")
+        try:  # union_by_name reads every file's footer here
+            self.con.execute(f"CREATE OR REPLACE VIEW {dataset} AS SELECT * FROM read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)")
+        except duckdb.Error as exc:
+            raise self._explain(exc, [dataset]) from exc
         self._views.add(dataset)
 
     def query(self, sql: str, params: dict[str, Any] | None = None, *, datasets: tuple[str, ...] | list[str] = ()) -> list[dict[str, Any]]:
+        import duckdb
+
         for d in datasets:
             self.view(d)
-        cur = self.con.execute(sql, params or {})
-        cols = [c[0] for c in cur.description]
-        return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+        try:
+            cur = self.con.execute(sql, params or {})
+            cols = [c[0] for c in cur.description]
+            return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+        except duckdb.Error as exc:
+            raise self._explain(exc, list(datasets)) from exc
+
+    def _explain(self, exc: Exception, datasets: list[str]) -> TerminalError:
+        """The error to raise for an engine failure: the damaged lake file behind it, if there is one."""
+        problems = []
+        for d in datasets:
+            try:
+                problems += check_lake(self.root, d)
+            except LakeError:
+                continue
+        # unreadable files first, else other Parquet files that should not be there (a crashed write's temporary file)
+        damaged = [p for p in problems if p.damaged] or [p for p in problems if p.path.suffix == ".parquet"]
+        engine_says = " ".join(str(exc).split("\n")[0].split())
+        if not damaged:
+            return AnalysisError(f"{self.name} could not answer: {engine_says}")
+        more = f" (and {len(damaged) - 1} more problem(s))" if len(damaged) > 1 else ""
+        what = "damaged lake file" if damaged[0].damaged else "lake file"
+        return LakeError(f"{what} {damaged[0].path}: {damaged[0].problem.rstrip('.')}{more}; run `affluent lake check` for every problem")
 
     def run(self, question: Question, **params: Any) -> list[dict[str, Any]]:
         return self.query(question.sql, {**question.params, **params}, datasets=question.datasets)

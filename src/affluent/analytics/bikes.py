@@ -14,7 +14,9 @@ disagree (the original system had full = bikes == capacity live and docks == 0 i
 
 The daily answers are time-weighted, not row counts: each snapshot's state lasts until that
 station's next snapshot, at most `max_gap_ms` (10 min by default, so a feed outage is not counted
-as hours of the last state seen). A snapshot taken shortly before midnight carries into the day.
+as hours of the last state seen), and never past the end of the day or past now (the time of the
+analysis): a station seen for 1.2 minutes, right after the feed started, has 1.2 minutes observed,
+not 11.2. A snapshot taken shortly before midnight carries into the day.
 Days and hours are those of the system's time zone (system_information.timezone; Europe/Paris when
 the feed does not say): a day is local midnight to local midnight, 23 or 25 hours on DST days, and
 hour `i` is the i-th hour after local midnight. The lake's date=/hour= folders are in UTC.
@@ -31,6 +33,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from affluent.analytics.base import EmptyLakeError, Question
+from affluent.core.clock import now_ms
 
 #: a station with this many docks available or fewer is saturated
 SATURATED_MAX_DOCKS = 3
@@ -89,7 +92,8 @@ def _utc_date(ms: int) -> str:
 _HOURS = ", ".join(f"({h})" for h in range(25))
 
 # Snapshots near the day (one max gap before it, for the state at midnight), one row per
-# (station, last_reported), each lasting until the station's next snapshot, capped and clipped to the day.
+# (station, last_reported), each lasting until the station's next snapshot, capped, and clipped to
+# [day start, until) where until is the end of the day or now, whichever comes first.
 _SPANS = f"""
 WITH snaps AS (
     SELECT system_id, station_id, name, last_reported_ms AS ts_ms,
@@ -112,7 +116,7 @@ ordered AS (
 spans AS (
     SELECT system_id, station_id, bikes, docks, empty_i, full_i,
            GREATEST(ts_ms, $day_start_ms) AS start_ms,
-           LEAST(COALESCE(next_ms, ts_ms + $max_gap_ms), ts_ms + $max_gap_ms, $day_end_ms) AS end_ms
+           LEAST(COALESCE(next_ms, ts_ms + $max_gap_ms), ts_ms + $max_gap_ms, $until_ms) AS end_ms
     FROM ordered
 ),
 names AS (
@@ -207,11 +211,14 @@ def station_days(
     tz: str | None = None,
     default_tz: str = DEFAULT_TIMEZONE,
     max_gap_ms: int = MAX_GAP_MS,
+    now: int | None = None,
 ) -> list[StationDay]:
     """The daily and hourly answers for every station (of one system, or of every system) on `day`.
 
+    now: the time of the analysis, UTC epoch ms (default: the wall clock); no time after it is counted.
     Raises EmptyLakeError when the lake holds no snapshot near that day.
     """
+    now = now_ms() if now is None else now
     # UTC dates that can hold a snapshot of the local day, whatever the zone (UTC-12 .. UTC+14)
     lo = (day - timedelta(days=1)).isoformat()
     hi = (day + timedelta(days=1)).isoformat()
@@ -229,6 +236,7 @@ def station_days(
             "system_id": s["system_id"],
             "day_start_ms": start_ms,
             "day_end_ms": end_ms,
+            "until_ms": min(end_ms, now),
             "max_gap_ms": max_gap_ms,
             "date_lo": _utc_date(start_ms - max_gap_ms),
             "date_hi": _utc_date(end_ms - 1),

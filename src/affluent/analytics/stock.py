@@ -7,11 +7,14 @@ StockNow's four questions and its bonus, fixed where its answers misled:
 2. Which five products raise the most alerts?
 3. At which five hours of the day are there the most alerts, in the stores' time zone (not UTC)?
 4. Average stock per product: mean quantity, mean threshold, number of readings.
-5. Hourly trend: per local hour, mean quantity and number of distinct products.
+5. Hourly trend: per local hour, mean quantity and number of distinct products. An hour is labelled
+   with its local date, time and UTC offset, "2025-10-26 02:00+0200" then "2025-10-26 02:00+0100" on
+   the autumn DST day (two hours, not one bucket), as the bikes answers do.
 
-The SQL is the subset DuckDB and Spark SQL share; the two expressions they spell differently (the
-local time of an epoch-ms column, and "is a weekend day") come from a `Dialect`. Time bounds and the
-time zone are checked values rendered into the SQL, so no engine-specific parameter syntax is needed.
+The SQL is the subset DuckDB and Spark SQL share; the expressions they spell differently (the
+local time of an epoch-ms column, that local time as epoch ms, and "is a weekend day") come from a
+`Dialect`. Time bounds and the time zone are checked values rendered into the SQL, so no
+engine-specific parameter syntax is needed.
 
 >>> qs = stock_questions(DUCKDB, "Europe/Paris", since_ms=0, until_ms=86_400_000)
 >>> [q.name for q in qs]
@@ -35,6 +38,7 @@ from affluent.core.errors import ConfigError
 
 DATASET = "stock_readings"
 TOP_N = 5
+HOUR_MS = 3_600_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +50,13 @@ class Dialect:
     local_ts: str
     #: true for Saturday and Sunday, for timestamp expression {t}
     is_weekend: str
+    #: the wall-clock time of timestamp expression {t} (a local time), as epoch ms
+    wall_ms: str
 
 
-DUCKDB = Dialect("duckdb", "timezone('{tz}', timezone('UTC', epoch_ms(ts_ms)))", "isodow({t}) >= 6")
+DUCKDB = Dialect("duckdb", "timezone('{tz}', timezone('UTC', epoch_ms(ts_ms)))", "isodow({t}) >= 6", "epoch_ms({t})")
 # Spark: with spark.sql.session.timeZone = UTC, timestamp_millis is the UTC wall clock
-SPARK = Dialect("spark", "from_utc_timestamp(timestamp_millis(ts_ms), '{tz}')", "dayofweek({t}) IN (1, 7)")
+SPARK = Dialect("spark", "from_utc_timestamp(timestamp_millis(ts_ms), '{tz}')", "dayofweek({t}) IN (1, 7)", "unix_millis({t})")
 DIALECTS = {d.name: d for d in (DUCKDB, SPARK)}
 
 _SQL: dict[str, tuple[str, str]] = {
@@ -85,9 +91,12 @@ FROM {dataset} WHERE {where} GROUP BY product_id ORDER BY product_id""",
     ),
     "hourly_trend": (
         "How does stock evolve, hour by hour (local time)?",
-        """SELECT hour, avg(quantity) AS mean_quantity, count(DISTINCT product_id) AS products, count(*) AS readings
-FROM (SELECT date_trunc('hour', {local}) AS hour, quantity, product_id FROM {dataset} WHERE {where}) r
-GROUP BY hour ORDER BY hour""",
+        # the UTC start of each reading's local hour: ts_ms minus the time since the local hour began, so the
+        # two local 02:00 hours of the autumn DST day stay apart (and half-hour zones stay right)
+        """SELECT hour_start_ms, avg(quantity) AS mean_quantity, count(DISTINCT product_id) AS products, count(*) AS readings
+FROM (SELECT ts_ms - ((({wall_ms}) % {hour_ms}) + {hour_ms}) % {hour_ms} AS hour_start_ms, quantity, product_id
+      FROM {dataset} WHERE {where}) r
+GROUP BY hour_start_ms ORDER BY hour_start_ms""",
     ),
 }
 QUESTION_NAMES = tuple(_SQL)
@@ -112,7 +121,15 @@ def stock_questions(dialect: Dialect, tz: str, *, since_ms: int | None = None, u
         conds.append(f"ts_ms < {int(until_ms)}")
     where = " AND ".join(conds) or "TRUE"
     local = dialect.local_ts.format(tz=tz)
-    parts = {"dataset": DATASET, "where": where, "local": local, "weekend": dialect.is_weekend.format(t=local), "top": TOP_N}
+    parts = {
+        "dataset": DATASET,
+        "where": where,
+        "local": local,
+        "weekend": dialect.is_weekend.format(t=local),
+        "wall_ms": dialect.wall_ms.format(t=local),
+        "hour_ms": HOUR_MS,
+        "top": TOP_N,
+    }
     return [Question(name, title, sql.format(**parts), (DATASET,)) for name, (title, sql) in _SQL.items()]
 
 
@@ -148,10 +165,14 @@ def _iso(ms: int | None, tz: ZoneInfo) -> str | None:
     return datetime.fromtimestamp(ms / 1000, UTC).astimezone(tz).isoformat(timespec="seconds")
 
 
-def _hour_label(v: Any) -> str:
-    if isinstance(v, datetime):
-        return v.strftime("%Y-%m-%d %H:00")
-    return str(v)[:13] + ":00"
+def hour_label(start_ms: int, tz: ZoneInfo) -> str:
+    """Local date and time of an hour's start with its UTC offset: the autumn DST day has two 02:00 hours.
+
+    >>> paris = ZoneInfo("Europe/Paris")
+    >>> hour_label(1761436800000, paris), hour_label(1761440400000, paris)
+    ('2025-10-26 02:00+0200', '2025-10-26 02:00+0100')
+    """
+    return datetime.fromtimestamp(start_ms / 1000, UTC).astimezone(tz).strftime("%Y-%m-%d %H:%M%z")
 
 
 def _num(x: Any) -> float:
@@ -196,7 +217,7 @@ def answer(rows: dict[str, list[dict[str, Any]]], tz: str, *, since_ms: int | No
         ],
         "hourly_trend": [
             {
-                "hour": _hour_label(r["hour"]),
+                "hour": hour_label(int(r["hour_start_ms"]), zone),
                 "mean_quantity": _num(r["mean_quantity"]),
                 "products": int(r["products"]),
                 "readings": int(r["readings"]),

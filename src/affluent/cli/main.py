@@ -39,22 +39,27 @@ def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
 
 def _status_table(rt: Runtime, started: float) -> RichTable:
     table = RichTable(title=f"affluent up: {time.monotonic() - started:.0f} s, log {rt.log.url}", title_justify="left")
-    for col in ("kind", "name", "status", "records", "mode", "last error"):
+    for col in ("kind", "name", "status", "records", "late", "dead letters", "mode", "last error"):
         table.add_column(col)
     for s in rt.status():
         mode = "" if s["kind"] != "source" else ("offline replay/simulator" if s.get("offline") else "live")
-        cells = (s["kind"], s["name"], s["status"], f"{s['records']:,}", mode, (s.get("error") or "")[:60])
-        table.add_row(*(Text(c) for c in cells))
+        late, dead = (f"{s[k]:,}" if k in s else "" for k in ("late", "dead_letters"))
+        cells = (s["kind"], s["name"], s["status"], f"{s['records']:,}", late, dead, mode, (s.get("error") or "")[:60])
+        table.add_row(*(Text(c, style="yellow" if c in (late, dead) and c not in ("", "0") else "") for c in cells))
     return table
 
 
-def run_pipelines(pipelines: list[Pipeline], *, duration_s: float | None = None, quiet: bool = False) -> None:
-    """Run pipelines in this process, with a live status table, until Ctrl+C or `duration_s`."""
+def run_pipelines(pipelines: list[Pipeline], *, duration_s: float | None = None, quiet: bool = False, fail_fast: bool = True) -> None:
+    """Run pipelines in this process, with a live status table, until Ctrl+C or `duration_s`.
+
+    All of them run, or none when another process runs one of them. With `fail_fast`, the first
+    task that dies stops them all; otherwise the others go on. The exit code is 1 when one died.
+    """
     try:
         log = open_configured_log()
     except AffluentError as exc:
         fail(exc)
-    rt = Runtime(log)
+    rt = Runtime(log, fail_fast=fail_fast)
     for p in pipelines:
         rt.add(p)
     started = time.monotonic()
@@ -64,7 +69,7 @@ def run_pipelines(pipelines: list[Pipeline], *, duration_s: float | None = None,
         with Live(_status_table(rt, started), console=console, refresh_per_second=2) as live:
             rt.run(timeout_s=duration_s, on_tick=lambda r: live.update(_status_table(r, started)))
     for err in rt.errors:
-        console.print(f"[red]stopped with an error:[/] {err}")
+        console.print(f"[red]stopped with an error:[/] {err}", highlight=False)
     if rt.errors:
         raise typer.Exit(1)
 
@@ -92,7 +97,8 @@ def up(
                 console.print(Text.assemble("app ", (name, "bold"), f": source {b.source.describe()} -> {b.topic} ({mode})"))
     if not pipelines:
         fail("no app could be started")
-    run_pipelines(pipelines, duration_s=duration_s, quiet=quiet)
+    # one app's failure does not take the others down: it shows in the status table and the exit code
+    run_pipelines(pipelines, duration_s=duration_s, quiet=quiet, fail_fast=False)
 
 
 @app.command()
@@ -124,6 +130,34 @@ def lake_compact(
     except AffluentError as exc:
         fail(exc)
     console.print(stats)
+
+
+@lake_app.command("check")
+def lake_check(
+    dataset: Annotated[str | None, typer.Argument(help="Dataset folder under the lake (default: all).")] = None,
+) -> None:
+    """Verify every file of the lake: Parquet files readable, commit markers sound, nothing left by a crashed write.
+
+    Prints one line per problem, then a summary; exits with 1 when there is a problem.
+    """
+    from affluent.config import lake_path
+    from affluent.sinks.lake import check_lake
+
+    stats: dict[str, int] = {}
+    try:
+        root = lake_path(settings())
+        problems = check_lake(root, dataset, stats=stats)
+    except AffluentError as exc:
+        fail(exc)
+    for p in problems:
+        console.print(str(p), highlight=False, markup=False, soft_wrap=True)
+    summary = (
+        f"lake {root}: {stats['datasets']} dataset(s), {stats['files']:,} Parquet file(s), {stats['row_groups']:,} row group(s), "
+        f"{stats['rows']:,} rows, {stats['markers']:,} commit marker(s) checked: "
+    )
+    console.print(summary + (f"{len(problems)} problem(s)" if problems else "no problem"), highlight=False, markup=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(1)
 
 
 def _mount_apps() -> None:

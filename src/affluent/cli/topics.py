@@ -13,7 +13,7 @@ from rich.table import Table as RichTable
 from affluent.cli.common import console, fail, open_configured_log
 from affluent.core.clock import now_ms
 from affluent.core.errors import AffluentError, ConfigError
-from affluent.core.log import DAY_MS, OutgoingBatch, TopicConfig
+from affluent.core.log import DAY_MS, MAX_PARTITIONS, OutgoingBatch, TopicConfig
 from affluent.core.records import Record
 
 app = typer.Typer(help="Create, inspect, read and write topics of the log.", no_args_is_help=True)
@@ -59,7 +59,7 @@ def list_topics(
 @app.command()
 def create(
     name: str,
-    partitions: Annotated[int, typer.Option("--partitions", "-p", min=1)] = 1,
+    partitions: Annotated[int, typer.Option("--partitions", "-p", min=1, max=MAX_PARTITIONS)] = 1,
     retention_ms: Annotated[int | None, typer.Option(help="Drop batches older than this (default 7 days).")] = 7 * DAY_MS,
     retention_bytes: Annotated[int | None, typer.Option(help="Keep at most this many bytes per partition.")] = None,
     value_format: Annotated[str, typer.Option("--format", help="json, text or bytes")] = "json",
@@ -148,7 +148,7 @@ def _show(r: Record, raw: bool) -> None:
 @app.command()
 def tail(
     name: str,
-    n: Annotated[int, typer.Option("-n", help="How many of the last records to show.")] = 10,
+    n: Annotated[int, typer.Option("-n", min=1, help="How many of the last records to show.")] = 10,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new records.")] = False,
     from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Print everything from the first offset.")] = False,
     partition: Annotated[int | None, typer.Option("--partition", "-p")] = None,

@@ -1,9 +1,12 @@
 """affluent's exception tree.
 
     AffluentError
-    ├── TransientError              retry may succeed (HTTP 429/5xx, broker unavailable, busy database)
+    ├── TransientError              retry may succeed (HTTP 429/5xx, broker down, busy, full or read-only disk)
     │   ├── SourceUnavailableError
-    │   └── LogBusyError
+    │   ├── SinkUnavailableError    a sink's store cannot be written for now
+    │   └── LogUnavailableError     the log cannot be written for now
+    │       ├── LogBusyError
+    │       └── LogFullError
     └── TerminalError               retrying will not help (bad config, schema mismatch, corruption)
         ├── ConfigError
         ├── MissingDependencyError
@@ -11,8 +14,7 @@
         │   ├── UnknownTopicError
         │   ├── TopicExistsError
         │   ├── LogCorruptError
-        │   ├── LogFullError
-        │   └── FencedError         another process took over this pipeline
+        │   └── FencedError         this process no longer holds the pipeline's lease
         │       └── PipelineAlreadyRunningError
         ├── PipelineError           a pipeline definition that cannot run
         └── RecordError             one bad record: dead-lettered, never raised out of a pipeline
@@ -47,8 +49,20 @@ class SourceUnavailableError(TransientError):
         self.retry_after_s = retry_after_s
 
 
-class LogBusyError(TransientError):
+class SinkUnavailableError(TransientError):
+    """A sink's store (disk, database) refused a write for a reason that may go away: full, read-only, busy."""
+
+
+class LogUnavailableError(TransientError):
+    """The log refused a write for a reason that may go away (a read-only or failing disk); nothing was committed."""
+
+
+class LogBusyError(LogUnavailableError):
     """The log was locked by another writer for longer than the busy timeout."""
+
+
+class LogFullError(LogUnavailableError):
+    """The disk (or the database's size limit) is full; the failed write was rolled back."""
 
 
 class ConfigError(TerminalError):
@@ -90,12 +104,8 @@ class LogCorruptError(LogError):
     """Stored data failed a structural or checksum check."""
 
 
-class LogFullError(LogError):
-    """The disk (or the database's size limit) is full; the failed write was rolled back."""
-
-
 class FencedError(LogError):
-    """This process no longer owns the pipeline: another instance took it over."""
+    """This process no longer holds the pipeline's lease: it stopped here, or another process took it over."""
 
 
 class PipelineAlreadyRunningError(FencedError):

@@ -22,6 +22,10 @@ DAY_MS = 86_400_000
 VALUE_FORMATS = ("json", "text", "bytes")
 
 
+#: more partitions than this is surely a typo: a pipeline reads every partition of its input in each poll
+MAX_PARTITIONS = 1024
+
+
 @dataclass(frozen=True, slots=True)
 class TopicConfig:
     """How a topic is laid out and how long it keeps data.
@@ -36,8 +40,8 @@ class TopicConfig:
     value_format: str = "json"
 
     def __post_init__(self) -> None:
-        if self.partitions < 1:
-            raise ConfigError(f"a topic needs at least one partition, not {self.partitions}")
+        if not 1 <= self.partitions <= MAX_PARTITIONS:
+            raise ConfigError(f"a topic has 1 to {MAX_PARTITIONS} partitions, not {self.partitions}")
         if self.value_format not in VALUE_FORMATS:
             raise ConfigError(f"value_format must be one of {VALUE_FORMATS}, not {self.value_format!r}")
         if self.retention_ms is not None and self.retention_ms <= 0:
@@ -245,9 +249,17 @@ class Log(ABC):
     def load_state(self, store: str, partition: int) -> dict[bytes, bytes]: ...
 
     # -- ownership -------------------------------------------------------------------------------
-    @abstractmethod
     def acquire_lease(self, name: str, owner: str, *, takeover_after_s: float = 10.0) -> None:
         """Claim exclusive ownership of `name` (a pipeline), or raise PipelineAlreadyRunningError."""
+        self.acquire_leases([name], owner, takeover_after_s=takeover_after_s)
+
+    @abstractmethod
+    def acquire_leases(self, names: Sequence[str], owner: str, *, takeover_after_s: float = 10.0) -> None:
+        """Claim all of `names` or none: PipelineAlreadyRunningError when one is held by a live owner.
+
+        A lease is taken over only from an owner that is gone: its process is dead, or its heartbeat
+        is older than `takeover_after_s`. Owners renew theirs with `check_lease` well within that.
+        """
 
     @abstractmethod
     def release_lease(self, name: str, owner: str) -> None: ...

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from affluent.core.clock import MAX_EVENT_MS, MIN_EVENT_MS, event_time_error
 from affluent.core.errors import PipelineError
 from affluent.core.expr import Expr
 from affluent.core.log import StateChange
@@ -230,14 +231,17 @@ class WithTimestamp(Node):
 
     def process(self, batch: Batch, ctx: TaskContext) -> None:
         times, keep = apply_each(self.fn, batch, ctx, self.name)
-        if set(map(type, times)) - {int} or (times and (min(times) < -(1 << 62) or max(times) > 1 << 62)):
+        ahead = ctx.max_event_ahead_ms
+        limit = MAX_EVENT_MS if ahead is None else min(MAX_EVENT_MS, ctx.now_wall_ms + ahead)
+        if set(map(type, times)) - {int} or (times and (min(times) < MIN_EVENT_MS or max(times) > limit)):
             if keep is None:
                 keep = [True] * len(times)
             for i, t in enumerate(times):
-                if keep[i] and (type(t) is not int or not -(1 << 62) <= t <= 1 << 62):
+                why = event_time_error(t, ctx.now_wall_ms, ahead) if keep[i] else None
+                if why is not None:
                     keep[i] = False
-                    why = f"event time must be int epoch ms, got {t!r}" if type(t) is not int else f"event time {t} ms is out of range"
-                    ctx.dead_letter(self.name, batch.values[i], batch.offsets[i], TypeError(why), timestamp_ms=batch.timestamps[i])
+                    err = TypeError(why) if type(t) is not int else ValueError(why)
+                    ctx.dead_letter(self.name, batch.values[i], batch.offsets[i], err, timestamp_ms=batch.timestamps[i])
         b = Batch(batch.keys, batch.values, times, batch.offsets)
         self.emit(b if keep is None else b.select(keep), ctx)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from affluent.core.aggregates import Aggregate, as_aggregate
+from affluent.core.clock import DEFAULT_MAX_EVENT_AHEAD_MS
 from affluent.core.errors import PipelineError
 from affluent.core.log import TopicConfig
 from affluent.core.operators import (
@@ -49,11 +50,12 @@ class TopicInput(Node):
 
     kind = "topic"
 
-    def __init__(self, topic: str, config: TopicConfig | None, schema: Any = None) -> None:
+    def __init__(self, topic: str, config: TopicConfig | None, schema: Any = None, dead_letters: bool = True) -> None:
         super().__init__(topic)
         self.topic = topic
         self.config = config
         self.schema = schema
+        self.dead_letters = dead_letters
         self.decoder = ValueDecoder(schema) if schema is not None else None
 
     def process(self, batch: Batch, ctx: TaskContext) -> None:
@@ -82,13 +84,18 @@ class Pipeline:
         commit_interval_ms: int = 100,
         max_poll_records: int = 20_000,
         poll_interval_ms: int = 50,
+        max_event_ahead_ms: int | None = DEFAULT_MAX_EVENT_AHEAD_MS,
     ) -> None:
         if not name or "/" in name or any(c.isspace() for c in name):
             raise PipelineError(f"bad pipeline name {name!r}")
+        if max_event_ahead_ms is not None and max_event_ahead_ms < 0:
+            raise PipelineError(f"pipeline {name!r}: max_event_ahead_ms must be positive or None, not {max_event_ahead_ms}")
         self.name = name
         self.commit_interval_ms = commit_interval_ms
         self.max_poll_records = max_poll_records
         self.poll_interval_ms = poll_interval_ms
+        #: a record timed further ahead of the wall clock is a dead letter (None: no bound, for simulated clocks)
+        self.max_event_ahead_ms = max_event_ahead_ms
         self.inputs: dict[str, TopicInput] = {}
         self.sources: list[SourceBinding] = []
         self.tables: dict[str, Table] = {}
@@ -111,15 +118,17 @@ class Pipeline:
         return name
 
     # -- inputs -------------------------------------------------------------------------------------------
-    def topic(self, name: str, *, config: TopicConfig | None = None, schema: Any = None) -> Stream:
+    def topic(self, name: str, *, config: TopicConfig | None = None, schema: Any = None, dead_letters: bool = True) -> Stream:
         """Read a topic; it is created with `config` if it does not exist yet.
 
         schema: a msgspec Struct type: values are decoded straight into it, reading only its fields;
         a value that does not match goes to the dead-letter topic with the reason.
+        dead_letters: False when another pipeline reading the same topic already dead-letters its
+        undecodable records: this one skips them (counted as dropped), so each lands in one DLQ once.
         """
         node = self.inputs.get(name)
         if node is None:
-            node = self.inputs[name] = TopicInput(name, config, schema)
+            node = self.inputs[name] = TopicInput(name, config, schema, dead_letters)
         elif schema is not None and node.schema is not schema:
             raise PipelineError(f"topic {name!r} is already read with another schema in pipeline {self.name!r}")
         return Stream(self, node)

@@ -32,7 +32,12 @@ class Sink(ABC):
         and will write those records again."""
 
     def flush(self) -> None:  # noqa: B027 - optional hook
-        """Make everything written so far durable. Called before each checkpoint commit."""
+        """Make everything written so far durable. Called before each checkpoint commit.
+
+        A fault that may go away (a full or read-only disk, a busy store) raises OSError or a
+        TransientError: the runtime goes back to its last checkpoint and retries.
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook
-        """Flush and release resources."""
+        """Release resources. What was written but not flushed is dropped: the runtime flushes before
+        each checkpoint, and a process that lost its lease must write nothing more."""

@@ -37,6 +37,9 @@ class Source(ABC):
     name: str = "source"
     #: True when the source reads a recording or a simulator rather than the live world.
     offline: bool = False
+    #: True when event times follow a clock of the source's own that may run ahead of the wall clock
+    #: (a replay faster than recorded): the pipeline's bound on event times ahead of now does not apply.
+    simulated_clock: bool = False
 
     def open(self, position: Any | None) -> None:  # noqa: B027 - optional hook
         """Prepare to poll, resuming from `position` (None on a first start)."""

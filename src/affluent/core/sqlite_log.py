@@ -29,6 +29,7 @@ from affluent.core.errors import (
     LogCorruptError,
     LogError,
     LogFullError,
+    LogUnavailableError,
     PipelineAlreadyRunningError,
     TopicExistsError,
     UnknownTopicError,
@@ -139,7 +140,11 @@ class SQLiteLog(Log):
             if "locked" in msg or "busy" in msg:
                 raise LogBusyError(f"{where}: another process held the write lock for over {self._busy_timeout_s:g} s") from exc
             if "full" in msg:
+                self.close()  # a fresh connection after the fault: SQLite may keep a failed one in a bad state
                 raise LogFullError(f"{where}: the disk is full; the write was rolled back, nothing committed was lost") from exc
+            if "readonly" in msg or "disk I/O" in msg or "unable to open" in msg:
+                self.close()
+                raise LogUnavailableError(f"{where}: the disk cannot be written ({msg}); nothing committed was lost") from exc
             if "not a database" in msg or "malformed" in msg or "corrupt" in msg:
                 raise LogCorruptError(f"{where}: the file is damaged or is not an affluent log ({msg})") from exc
             raise LogError(f"{where}: {msg}") from exc
@@ -387,10 +392,7 @@ class SQLiteLog(Log):
         now = now_ms()
         with self._write(f"committing a checkpoint of {checkpoint.group or 'a producer'!r} to") as conn:
             if checkpoint.owner is not None:
-                lease = checkpoint.lease or checkpoint.group
-                cur = conn.execute("UPDATE leases SET heartbeat_ms=? WHERE name=? AND owner=?", (now, lease, checkpoint.owner))
-                if cur.rowcount == 0:
-                    raise FencedError(f"pipeline {lease!r} was taken over by another process; this one stops")
+                self._renew(conn, checkpoint.lease or checkpoint.group, checkpoint.owner, now)
             for topic, batch in checkpoint.appends.items():
                 if len(batch):
                     result[topic] = self._append(conn, topic, batch, None)
@@ -422,27 +424,33 @@ class SQLiteLog(Log):
                 conn.execute("DELETE FROM state WHERE store >= ? AND store < ?", (state_prefix, state_prefix + "\uffff"))
 
     # -- leases ----------------------------------------------------------------------------------------------------
-    def acquire_lease(self, name: str, owner: str, *, takeover_after_s: float = 10.0) -> None:
+    def acquire_leases(self, names: Sequence[str], owner: str, *, takeover_after_s: float = 10.0) -> None:
         host = socket.gethostname()
         now = now_ms()
-        with self._write(f"claiming pipeline {name!r} in") as conn:
-            row = conn.execute("SELECT owner, pid, host, heartbeat_ms FROM leases WHERE name=?", (name,)).fetchone()
-            if row is not None and row[0] != owner:
-                _, pid, other_host, beat = row
-                dead = other_host == host and not _pid_alive(pid)
-                stale = now - beat > takeover_after_s * 1000
-                if not (dead or stale):
-                    raise PipelineAlreadyRunningError(
-                        f"pipeline {name!r} is already running (pid {pid} on {other_host}, "
-                        f"last seen {(now - beat) / 1000:.1f} s ago); stop it first or wait {takeover_after_s:.0f} s"
-                    )
-            conn.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)", (name, owner, os.getpid(), host, now))
+        with self._write(f"claiming pipelines {', '.join(names)} in") as conn:
+            for name in names:
+                row = conn.execute("SELECT owner, pid, host, heartbeat_ms FROM leases WHERE name=?", (name,)).fetchone()
+                if row is not None and row[0] != owner:
+                    _, pid, other_host, beat = row
+                    dead = other_host == host and not _pid_alive(pid)
+                    stale = now - beat > takeover_after_s * 1000
+                    if not (dead or stale):
+                        raise PipelineAlreadyRunningError(
+                            f"pipeline {name!r} is already running (pid {pid} on {other_host}, last seen {(now - beat) / 1000:.1f} s ago); stop it first"
+                        )
+            conn.executemany("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)", [(n, owner, os.getpid(), host, now) for n in names])
 
     def check_lease(self, name: str, owner: str) -> None:
         with self._write(f"checking the lease of pipeline {name!r} in") as conn:
-            cur = conn.execute("UPDATE leases SET heartbeat_ms=? WHERE name=? AND owner=?", (now_ms(), name, owner))
-            if cur.rowcount == 0:
-                raise FencedError(f"pipeline {name!r} was taken over by another process; this one stops")
+            self._renew(conn, name, owner, now_ms())
+
+    def _renew(self, conn: sqlite3.Connection, name: str, owner: str, now: int) -> None:
+        if conn.execute("UPDATE leases SET heartbeat_ms=? WHERE name=? AND owner=?", (now, name, owner)).rowcount:
+            return
+        row = conn.execute("SELECT pid, host FROM leases WHERE name=?", (name,)).fetchone()
+        if row is None:
+            raise FencedError(f"pipeline {name!r} is no longer held by this process (it stopped here); nothing more is written")
+        raise FencedError(f"pipeline {name!r} was taken over by pid {row[0]} on {row[1]}; this process writes nothing more for it")
 
     def release_lease(self, name: str, owner: str) -> None:
         with self._write(f"releasing pipeline {name!r} in") as conn:

@@ -21,6 +21,7 @@ the upsert and would not let another process in between flushes reliably).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -31,7 +32,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from affluent.core.errors import ConfigError, TerminalError
+from affluent.core.errors import ConfigError, SinkUnavailableError, TerminalError
 from affluent.core.records import Record
 from affluent.core.sinks import Sink
 
@@ -152,12 +153,10 @@ class DuckDBServingSink(Sink):
         self._buffer.clear()
 
     def close(self) -> None:
-        if self._con is None:
-            return
-        try:
-            self.flush()
-        finally:
-            self._con.close()
+        self._buffer.clear()
+        if self._con is not None:
+            with contextlib.suppress(Exception):
+                self._con.close()
             self._con = None
 
     # -- writing ----------------------------------------------------------------------------------------------
@@ -173,9 +172,13 @@ class DuckDBServingSink(Sink):
             rows.append(row)
         if not rows:
             return
+        for row in rows:  # key columns are NOT NULL: such a row would fail the whole flush
+            missing = [k for k in keys if row.get(k) is None]
+            if missing:
+                raise ConfigError(f"serving table {self.table!r}: key column(s) {', '.join(missing)} must not be null")
         try:  # convert now: a row of the wrong type fails this write (a dead letter), never a flush
             self._arrow(rows)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as exc:
             raise ConfigError(f"serving table {self.table!r}: a row does not fit its columns ({exc})") from exc
         for row in rows:
             self._buffer[tuple(row.get(k) for k in keys)] = row
@@ -199,20 +202,28 @@ class DuckDBServingSink(Sink):
         cols = ", ".join(f'"{c}"' for c in self.columns)
         con = self._con
         view = f"_affluent_batch_{self.table}"
-        con.register(view, batch)
+        duckdb = _duckdb()
         try:
-            con.execute("BEGIN TRANSACTION")
+            con.register(view, batch)
             try:
-                con.execute(f'INSERT OR REPLACE INTO "{self.table}" ({cols}) SELECT {cols} FROM {view}')
-                if self.retain_ms is not None:
-                    tc = f'"{self.time_column}"'
-                    con.execute(f'DELETE FROM "{self.table}" WHERE {tc} < (SELECT MAX({tc}) FROM "{self.table}") - ?', [self.retain_ms])
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
-        finally:
-            con.unregister(view)
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    con.execute(f'INSERT OR REPLACE INTO "{self.table}" ({cols}) SELECT {cols} FROM {view}')
+                    if self.retain_ms is not None:
+                        tc = f'"{self.time_column}"'
+                        con.execute(f'DELETE FROM "{self.table}" WHERE {tc} < (SELECT MAX({tc}) FROM "{self.table}") - ?', [self.retain_ms])
+                    con.execute("COMMIT")
+                except Exception:
+                    with contextlib.suppress(Exception):
+                        con.execute("ROLLBACK")
+                    raise
+            finally:
+                with contextlib.suppress(Exception):
+                    con.unregister(view)
+        except (duckdb.IOException, duckdb.FatalException, duckdb.TransactionException, OSError) as exc:
+            # a full or read-only disk: start again from a fresh connection at the next flush
+            self.close()
+            raise SinkUnavailableError(f"serving table {self.table!r} in {self.path} cannot be written for now: {exc}") from exc
         self.rows_written += len(rows)
         self._buffer.clear()
 

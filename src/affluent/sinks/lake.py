@@ -86,7 +86,7 @@ def _load_commits(ds: Path) -> tuple[int, dict[str, int]]:
     folder = ds / COMMITS
     if not folder.exists():
         return 0, {}
-    for marker in folder.glob("*.json"):
+    for marker in folder.glob("[0-9]*.json"):  # flush markers; a crashed compaction's compact-*.json is not one
         try:
             doc = orjson.loads(marker.read_bytes())
         except orjson.JSONDecodeError as exc:
@@ -154,9 +154,11 @@ class ParquetLakeSink(Sink):
         self.tz = ZoneInfo(tz)
         self.seq = 0
         self.offsets: dict[str, int] = {}
-        self._buffer: dict[tuple[str, str], list[pa.Table]] = {}
+        #: per date/hour: (rows, their 'topic:partition', their offsets), so that a flush can drop rows already in the lake
+        self._buffer: dict[tuple[str, str], list[tuple[pa.Table, list[str], list[int]]]] = {}
         self._warned = False
-        self._pending: dict[str, int] = {}
+        #: files of a flush that failed half-way, to delete before the next one reuses its sequence number
+        self._orphans: list[Path] = []
         self.rows_written = 0
         self.files_written = 0
         self._quarters: dict[int, tuple[str, str]] = {}
@@ -166,7 +168,6 @@ class ParquetLakeSink(Sink):
         with dataset_lock(self.path):
             self.seq, self.offsets = _recover(self.path)
         self._buffer.clear()
-        self._pending.clear()
 
     def _partition(self, ms: int) -> tuple[str, str]:
         # every zone offset is a whole number of quarter hours: one conversion per quarter hour of event time
@@ -182,7 +183,8 @@ class ParquetLakeSink(Sink):
     def write(self, records: list[Record]) -> None:
         rows: list[dict[str, Any]] = []
         parts: list[tuple[str, str]] = []
-        pending: dict[str, int] = {}
+        tps: list[str] = []
+        offsets: list[int] = []
         for r in records:
             tp = f"{r.topic}:{r.partition}"
             if 0 <= r.offset <= self.offsets.get(tp, -1):
@@ -198,10 +200,13 @@ class ParquetLakeSink(Sink):
             if not isinstance(row, dict):
                 raise ConfigError(f"lake {self.dataset!r} takes dict rows, got {type(row).__name__}")
             ms = self.time_ms(r) if self.time_ms is not None else r.timestamp_ms
-            parts.append(self._partition(int(ms)))
+            try:
+                parts.append(self._partition(int(ms)))
+            except (OverflowError, OSError, ValueError) as exc:
+                raise ConfigError(f"lake {self.dataset!r}: event time {ms!r} has no date ({exc})") from exc
             rows.append(row)
-            if r.offset > pending.get(tp, -1):
-                pending[tp] = r.offset
+            tps.append(tp)
+            offsets.append(r.offset)
         if not rows:
             return
         # convert now, so that a row of the wrong type fails this write (a dead letter), never a flush
@@ -215,43 +220,65 @@ class ParquetLakeSink(Sink):
         for i, part in enumerate(parts):
             groups.setdefault(part, []).append(i)
         for part, idx in groups.items():
-            self._buffer.setdefault(part, []).append(table if len(idx) == len(rows) else table.take(idx))
-        for k, v in pending.items():
-            if v > self._pending.get(k, -1):
-                self._pending[k] = v
+            whole = len(idx) == len(rows)
+            self._buffer.setdefault(part, []).append(
+                (table if whole else table.take(idx), tps if whole else [tps[i] for i in idx], offsets if whole else [offsets[i] for i in idx])
+            )
 
     def discard(self) -> None:
         self._buffer.clear()
-        self._pending.clear()
 
     def flush(self) -> None:
         if not self._buffer:
             return
         with dataset_lock(self.path):
-            # what another writer (or a compaction) committed since we opened
+            for f in list(self._orphans):  # raises (a transient OSError) until the disk takes the deletion
+                f.unlink(missing_ok=True)
+                self._orphans.remove(f)
+            # what another writer (or a compaction) committed since we opened: rows at or below it are in the lake already
             self.seq, on_disk = _load_commits(self.path)
             for k, v in on_disk.items():
                 self.offsets[k] = max(self.offsets.get(k, -1), v)
+            committed = self.offsets
             seq = self.seq + 1
             rows = 0
-            for (date, hour), tables in sorted(self._buffer.items()):
-                folder = self.path / f"date={date}" / f"hour={hour}"
-                folder.mkdir(parents=True, exist_ok=True)
-                table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-                _write_table(folder / f"part-{seq:010d}-{uuid.uuid4().hex[:8]}.parquet", table)
-                rows += table.num_rows
-                self.files_written += 1
-            offsets = dict(self.offsets)
-            for k, v in self._pending.items():
-                offsets[k] = max(offsets.get(k, -1), v)
-            _atomic_write(self.path / COMMITS / f"{seq:010d}.json", orjson.dumps({"seq": seq, "offsets": offsets, "rows": rows}))
-            self.seq, self.offsets = seq, offsets
-            self.rows_written += rows
+            offsets = dict(committed)
+            written: list[Path] = []
+            try:
+                for (date, hour), parts in sorted(self._buffer.items()):
+                    kept: list[pa.Table] = []
+                    for table, tps, offs in parts:
+                        keep = [o < 0 or o > committed.get(tp, -1) for tp, o in zip(tps, offs, strict=True)]
+                        for tp, o, new in zip(tps, offs, keep, strict=True):
+                            if new and o > offsets.get(tp, -1):
+                                offsets[tp] = o
+                        kept.append(table if all(keep) else table.filter(pa.array(keep)))
+                    table = pa.concat_tables(kept) if len(kept) > 1 else kept[0]
+                    if not table.num_rows:
+                        continue
+                    folder = self.path / f"date={date}" / f"hour={hour}"
+                    folder.mkdir(parents=True, exist_ok=True)
+                    path = folder / f"part-{seq:010d}-{uuid.uuid4().hex[:8]}.parquet"
+                    written.append(path)
+                    _write_table(path, table)
+                    rows += table.num_rows
+                if rows:
+                    _atomic_write(self.path / COMMITS / f"{seq:010d}.json", orjson.dumps({"seq": seq, "offsets": offsets, "rows": rows}))
+            except BaseException:
+                # e.g. a full disk: these files have no commit marker; they go before the next flush writes
+                self._orphans.extend(written)
+                for tmp in self.path.glob("date=*/hour=*/.tmp-*"):
+                    with contextlib.suppress(OSError):
+                        tmp.unlink()
+                raise
+            if rows:
+                self.seq, self.offsets = seq, offsets
+                self.rows_written += rows
+                self.files_written += len(written)
         self._buffer.clear()
-        self._pending.clear()
 
     def close(self) -> None:
-        self.flush()
+        self._buffer.clear()
 
 
 def compact_lake(root: str | os.PathLike[str], dataset: str | None = None) -> dict[str, int]:
@@ -299,3 +326,192 @@ def _compact_dataset(ds: Path, stats: dict[str, int]) -> None:
         for c in commits:
             if c.name != f"{last:010d}.json":
                 c.unlink()
+
+
+# -- checking the lake -----------------------------------------------------------------------------------------
+from dataclasses import dataclass  # noqa: E402  (kept with the checks, which were appended to this module)
+
+_DATE_DIR = re.compile(r"^date=\d{4}-\d{2}-\d{2}$")
+_HOUR_DIR = re.compile(r"^hour=([01]\d|2[0-3])$")
+
+
+@dataclass(frozen=True, slots=True)
+class LakeProblem:
+    """One thing wrong in the lake: the file (or folder) and what is wrong with it.
+
+    damaged: a Parquet file that cannot be read (what makes an analysis fail), not a leftover or a marker.
+    """
+
+    path: Path
+    problem: str
+    damaged: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
+
+
+def check_lake(root: str | os.PathLike[str], dataset: str | None = None, *, stats: dict[str, int] | None = None) -> list[LakeProblem]:
+    """Verify every file of the lake (or of one dataset); the problems found, [] when all is well.
+
+    - every Parquet file under date=/hour= (all that analyses read) opens: magic bytes and footer; its
+      schema reads; each row group decodes, with as many rows as the footer says; a column has one type
+      across a dataset's files;
+    - every commit marker parses, with its sequence number (that of its name) and offsets;
+    - nothing is left of a crashed write: no temporary file, no data file beyond the last commit marker,
+      no unfinished compaction (analyses would read both the merged file and the files it replaces).
+
+    `stats`, when given, receives counts: datasets, files, row_groups, rows, markers.
+    Raises LakeError when there is no lake at `root` or no such dataset.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as root:
+    ...     (Path(root) / "ds" / "date=2026-03-10" / "hour=14").mkdir(parents=True)
+    ...     _ = (Path(root) / "ds" / "date=2026-03-10" / "hour=14" / "part-0000000001-ab12cd34.parquet").write_bytes(b"PAR1")
+    ...     [(p.path.name, p.problem.split(":")[0]) for p in check_lake(root)]
+    [('_commits', 'missing'), ('part-0000000001-ab12cd34.parquet', 'not a readable Parquet file')]
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise LakeError(f"no lake at {root}")
+    datasets = [dataset_path(root, dataset)] if dataset else sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    counts = stats if stats is not None else {}
+    for k in ("datasets", "files", "row_groups", "rows", "markers"):
+        counts.setdefault(k, 0)
+    problems: list[LakeProblem] = []
+    for ds in datasets:
+        if not ds.is_dir():
+            raise LakeError(f"no dataset {ds.name!r} in the lake at {root}")
+        counts["datasets"] += 1
+        problems += _check_dataset(ds, counts)
+    return problems
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_dataset(ds: Path, counts: dict[str, int]) -> list[LakeProblem]:
+    problems: list[LakeProblem] = []
+    # what a writer changes (markers, temporary files, which files exist) is looked at under the dataset's lock,
+    # so that a flush or a compaction under way is not taken for a crashed one; files are decoded after
+    with contextlib.ExitStack() as locked:
+        if (ds / COMMITS).is_dir():
+            with contextlib.suppress(OSError):  # a read-only lake is checked without its lock
+                locked.enter_context(dataset_lock(ds))
+        last = _check_markers(ds, problems, counts)
+        for tmp in sorted(ds.rglob(".tmp-*")):
+            problems.append(LakeProblem(tmp, "temporary file left by a crashed write (the lake sink deletes it on its next open)"))
+        files: list[Path] = []
+        for folder in sorted(p for p in ds.glob("date=*/hour=*") if p.is_dir()):
+            if not (_DATE_DIR.match(folder.parent.name) and _HOUR_DIR.match(folder.name)):
+                problems.append(LakeProblem(folder, "not a date=YYYY-MM-DD/hour=HH folder"))
+            for f in sorted(folder.glob("*.parquet")):
+                if f.name.startswith(".tmp-"):
+                    continue  # reported above
+                files.append(f)
+                m = _PART.match(f.name)
+                if m is None:
+                    problems.append(LakeProblem(f, "not a file the lake sink wrote (part-<sequence>-<id>.parquet), yet analyses read it"))
+                elif last is not None and int(m.group(1)) > last:
+                    problems.append(
+                        LakeProblem(
+                            f,
+                            f"data file of an uncommitted flush (sequence {int(m.group(1))}, last commit {last}): "
+                            "analyses read it; the lake sink deletes it on its next open",
+                        )
+                    )
+    types: dict[str, dict[str, list[Path]]] = {}
+    for f in files:
+        try:
+            problem, schema = _check_parquet(f, counts)
+        except FileNotFoundError:
+            continue  # compacted away since it was listed
+        counts["files"] += 1
+        if problem is not None:
+            problems.append(LakeProblem(f, problem, damaged=True))
+            continue
+        assert schema is not None
+        for fld in schema:
+            if not pa.types.is_null(fld.type):
+                types.setdefault(fld.name, {}).setdefault(str(fld.type), []).append(f)
+    for column, by_type in sorted(types.items()):
+        if len(by_type) < 2:
+            continue
+        usual = max(by_type, key=lambda t: len(by_type[t]))
+        for t, paths in sorted(by_type.items()):
+            if t != usual:
+                for f in paths:
+                    problems.append(LakeProblem(f, f"column {column!r} is {t} here but {usual} in {len(by_type[usual])} other file(s) of {ds.name}"))
+    return sorted(problems, key=lambda p: str(p.path))  # stable: a file's problems stay in the order found
+
+
+def _check_markers(ds: Path, problems: list[LakeProblem], counts: dict[str, int]) -> int | None:
+    """Check the commit markers; the last committed sequence number, None when the markers cannot tell."""
+    folder = ds / COMMITS
+    if not folder.is_dir():
+        if any(ds.glob("date=*/hour=*/*.parquet")):
+            problems.append(LakeProblem(folder, "missing: no commit marker for the data files (the lake sink deletes them on its next open)"))
+        return None
+    last, damaged = 0, False
+    for marker in sorted(folder.iterdir()):
+        if marker.name == ".lock" or marker.name.startswith(".tmp-") or marker.is_dir():
+            continue  # the lock file; temporary files are reported with the others
+        counts["markers"] += 1
+        try:
+            doc = orjson.loads(marker.read_bytes())
+        except (orjson.JSONDecodeError, OSError) as exc:
+            problems.append(LakeProblem(marker, f"commit marker does not parse: {_first_line(exc)}"))
+            damaged = True
+            continue
+        if marker.name.startswith("compact-") and marker.suffix == ".json":
+            if isinstance(doc, dict) and isinstance(doc.get("file"), str) and isinstance(doc.get("replaces"), list):
+                problems.append(
+                    LakeProblem(marker, f"unfinished compaction of {len(doc['replaces'])} file(s) into {doc['file']}: analyses may read rows twice")
+                )
+            else:
+                problems.append(LakeProblem(marker, "compaction marker without its file and replaced files"))
+            continue
+        if not re.fullmatch(r"\d{10}\.json", marker.name):
+            problems.append(LakeProblem(marker, "unexpected file among the commit markers"))
+            continue
+        seq = doc.get("seq") if isinstance(doc, dict) else None
+        offsets = doc.get("offsets", {}) if isinstance(doc, dict) else None
+        if type(seq) is not int or seq != int(marker.stem):
+            problems.append(LakeProblem(marker, f"commit marker has sequence number {seq!r}, not {int(marker.stem)} as its name says"))
+            damaged = True
+        elif not isinstance(offsets, dict) or not all(isinstance(k, str) and type(v) is int for k, v in offsets.items()):
+            problems.append(LakeProblem(marker, "commit marker offsets are not a {'topic:partition': offset} map"))
+        else:
+            last = max(last, seq)
+    return None if damaged else last
+
+
+def _check_parquet(path: Path, counts: dict[str, int]) -> tuple[str | None, pa.Schema | None]:
+    """(what is wrong with this Parquet file or None, its schema); FileNotFoundError when it is gone."""
+    try:
+        pf = pq.ParquetFile(path, page_checksum_verification=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError (thrift), MemoryError (absurd sizes)...
+        return f"not a readable Parquet file: {_first_line(exc)}", None
+    try:
+        try:
+            schema = pf.schema_arrow
+        except Exception as exc:
+            return f"unreadable schema: {_first_line(exc)}", None
+        meta = pf.metadata
+        for i in range(meta.num_row_groups):
+            try:
+                table = pf.read_row_group(i)
+            except FileNotFoundError:
+                raise
+            except Exception as exc:
+                return f"row group {i + 1} of {meta.num_row_groups} does not decode: {_first_line(exc)}", schema
+            counts["row_groups"] += 1
+            counts["rows"] += table.num_rows
+            if table.num_rows != meta.row_group(i).num_rows:
+                return f"row group {i + 1} holds {table.num_rows} rows, its footer says {meta.row_group(i).num_rows}", schema
+        return None, schema
+    finally:
+        pf.close()

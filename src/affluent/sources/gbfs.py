@@ -8,10 +8,13 @@ station_status before station_information triggers an early re-read of station_i
 its name and place arrive before (or with) its first status.
 
 Errors never lose the last good state: a feed that fails (HTTP 404/429/5xx, a timeout, an HTML page,
-truncated JSON, a version this client does not know) is logged, counted, retried with backoff on its
-own schedule while the other feeds go on; when every due feed failed, `poll` raises
-`SourceUnavailableError` (with `retry_after_s`) so that the runtime retries. A feed that disappears
-from gbfs.json or answers 404 triggers a new discovery, so a moved feed is found again.
+truncated JSON, a version this client does not know) is logged, counted, retried on its own schedule
+while the other feeds go on. A bad answer (HTML, truncated JSON, 5xx, no connection) is retried after
+1 s, then 2, 4, 8... capped at the file's own poll interval; a success resets it. A `Retry-After`
+(429, 503; seconds or an HTTP date) is waited exactly, from 1 s up to `max_backoff_s`. When every due feed
+failed, `poll` raises `SourceUnavailableError` (with `retry_after_s`: when the next feed is due) so
+that the runtime retries then. A feed that disappears from gbfs.json or answers 404 triggers a new
+discovery, so a moved feed is found again.
 
 Normalised records, one per entity, `feed` saying which (event time = the file's `last_updated`)::
 
@@ -75,6 +78,8 @@ _MS = timedelta(milliseconds=1)
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:-RC\d*)?")
 #: a last_reported further ahead of last_updated than this is a publisher's clock bug
 MAX_CLOCK_SKEW_MS = 300_000
+#: the first retry of a file after a bad answer; each further failure doubles it
+BACKOFF_START_S = 1.0
 
 
 class GBFSFeedError(SourceUnavailableError):
@@ -196,7 +201,7 @@ def version_family(version: Any) -> int:
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After: seconds, or an HTTP date."""
+    """Retry-After: seconds, or an HTTP date (seconds from now, never negative)."""
     if not value:
         return None
     value = value.strip()
@@ -208,7 +213,7 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return max(0.0, ((when - _EPOCH) // _MS - now_ms()) / 1000)
 
 
 def error_reason(exc: BaseException) -> str:
@@ -230,15 +235,15 @@ def parse_document(body: bytes, *, url: str, content_type: str = "") -> dict[str
     """A GBFS JSON document, or GBFSFeedError saying plainly what came instead."""
     head = body.lstrip()[:1]
     if head == b"<" or "html" in content_type.lower():
-        raise GBFSFeedError(f"{url} returned an HTML page, not GBFS JSON (an error or portal page?)", retry_after_s=60.0)
+        raise GBFSFeedError(f"{url} returned an HTML page, not GBFS JSON (an error or portal page?)")
     if not body.strip():
-        raise GBFSFeedError(f"{url} returned an empty body", retry_after_s=60.0)
+        raise GBFSFeedError(f"{url} returned an empty body")
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise GBFSFeedError(f"{url} returned invalid or truncated JSON ({exc})", retry_after_s=60.0) from exc
+        raise GBFSFeedError(f"{url} returned invalid or truncated JSON ({exc})") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), dict):
-        raise GBFSFeedError(f"{url} is not a GBFS document (no 'data' object)", retry_after_s=60.0)
+        raise GBFSFeedError(f"{url} is not a GBFS document (no 'data' object)")
     return doc
 
 
@@ -314,7 +319,7 @@ def _items(data: dict[str, Any], keys: tuple[str, ...], feed: str) -> list[Any]:
         items = data.get(k)
         if isinstance(items, list):
             return items
-    raise GBFSFeedError(f"{feed} has no data.{' or data.'.join(keys)} list", retry_after_s=60.0)
+    raise GBFSFeedError(f"{feed} has no data.{' or data.'.join(keys)} list")
 
 
 def normalize_system_information(data: dict[str, Any], ctx: Context, *, gbfs_version: str | None = None) -> dict[str, Any]:
@@ -530,6 +535,7 @@ class GBFSSource(Source):
     one made from the URL; kept across restarts). wait_scale: multiplies every wait (1 honours ttl;
     tests use 0 to play a recorded day as fast as the server answers). vehicles: also read
     free_bike_status / vehicle_status. transport: an httpx transport (proxies, custom TLS).
+    max_backoff_s: the longest wait after a failure, whatever a file's ttl or a server's Retry-After.
     """
 
     offline = False
@@ -639,18 +645,22 @@ class GBFSSource(Source):
     # -- discovery ---------------------------------------------------------------------------------------------
     def _discover(self, now: float) -> None:
         st = self._discovery_state
+        ttl_s = self.discovery.ttl_s if self.discovery else None
         try:
             got = self._get(self.url, st)
             if got.body is None:
-                self._rediscover_at = now + self._ttl_wait(self.discovery.ttl_s if self.discovery else None)
+                st.failures = 0
+                self._rediscover_at = now + self._ttl_wait(ttl_s)
                 return
             disc = parse_discovery(parse_document(got.body, url=self.url, content_type=got.content_type), url=self.url, language=self.language)
         except SourceUnavailableError as exc:
             self._count_error("gbfs", exc)
+            delay = self._backoff(st, exc, ttl_s)
             if self.discovery is None:
-                log.error("source %s: cannot read the discovery file: %s", self.name, exc)
-                raise
-            self._rediscover_at = now + self._backoff(st, exc)
+                log.error("source %s: cannot read the discovery file (attempt %d, next try in %.1f s): %s", self.name, st.failures, delay, exc)
+                # the runtime waits retry_after_s: this source's backoff, not the hint the error was made with
+                raise type(exc)(str(exc), retry_after_s=delay) from exc
+            self._rediscover_at = now + delay
             log.warning("source %s: discovery failed (%s); keeping the feed URLs found before", self.name, exc)
             return
         st.etag, st.last_modified, st.failures = got.etag, got.last_modified, 0
@@ -666,16 +676,41 @@ class GBFSSource(Source):
         self._rediscover_at = now + self._ttl_wait(disc.ttl_s)
 
     # -- scheduling ----------------------------------------------------------------------------------------------
-    def _ttl_wait(self, ttl_s: int | None) -> float:
-        return min(max(float(ttl_s or 0), self.min_poll_s), self.max_poll_s) * self.wait_scale
+    def _poll_interval_s(self, ttl_s: int | None) -> float:
+        """How often a healthy file is read: its ttl, never faster than min_poll_s nor slower than max_poll_s."""
+        return min(max(float(ttl_s or 0), self.min_poll_s), self.max_poll_s)
 
-    def _backoff(self, st: _FeedState, exc: BaseException) -> float:
+    def _ttl_wait(self, ttl_s: int | None) -> float:
+        return self._poll_interval_s(ttl_s) * self.wait_scale
+
+    def backoff_s(self, failures: int, ttl_s: int | None, retry_after_s: float | None = None) -> float:
+        """The wait before the next attempt at a file that failed `failures` times in a row (unscaled).
+
+        A server's Retry-After (or a wait an error names, as 300 s for a version this client does not
+        know) is honoured exactly, up to max_backoff_s, and never under 1 s (or the poll interval, when
+        shorter): a "0", or a date already past by a server clock that is behind, must not make a retry
+        loop without a pause. Otherwise 1 s, 2 s, 4 s... capped at the file's
+        poll interval, max(ttl, min_poll_s): a bad answer is often a one-off (a proxy's error page, a
+        file cut while it was rewritten), so the next try comes well before the next snapshot would, and
+        a feed that stays broken is never read more often than a healthy one (min_poll_s still holds)
+        nor less often (once it answers again, its next snapshot arrives as fresh as on a healthy feed).
+        The ttl alone would not do as a cap: a ttl of 0 would mean no wait at all.
+
+        >>> src = GBFSSource("http://127.0.0.1/gbfs.json", min_poll_s=30)
+        >>> [src.backoff_s(n, ttl_s=60) for n in range(1, 9)]
+        [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+        >>> src.backoff_s(1, ttl_s=0), src.backoff_s(9, ttl_s=0), src.backoff_s(3, ttl_s=60, retry_after_s=120)
+        (1.0, 30.0, 120.0)
+        """
+        interval = self._poll_interval_s(ttl_s)
+        if retry_after_s is not None:
+            return float(min(max(min(BACKOFF_START_S, interval), retry_after_s), self.max_backoff_s))
+        return float(min(interval, self.max_backoff_s, BACKOFF_START_S * 2 ** min(max(failures, 1) - 1, 30)))
+
+    def _backoff(self, st: _FeedState, exc: BaseException, ttl_s: int | None) -> float:
+        """Counts one more failure of a file and returns the wait before its next attempt (scaled)."""
         st.failures += 1
-        delay = min(self.max_backoff_s, max(self.min_poll_s, 1.0) * 2 ** min(st.failures - 1, 10))
-        retry = getattr(exc, "retry_after_s", None)
-        if retry is not None:
-            delay = max(min(delay, self.max_backoff_s), retry)
-        return delay * self.wait_scale
+        return self.backoff_s(st.failures, ttl_s, getattr(exc, "retry_after_s", None)) * self.wait_scale
 
     def _count_error(self, feed: str, exc: BaseException) -> None:
         self.metrics.inc("affluent_gbfs_errors_total", source=self.name, feed=feed, reason=error_reason(exc))
@@ -705,9 +740,7 @@ class GBFSSource(Source):
                 errors.append(exc)
                 continue
             fetched = True
-            if st.failures:
-                log.warning("source %s: %s is back after %d failed attempts", self.name, feed, st.failures)
-                st.failures, st.error = 0, None
+            self._recovered(feed, st)
             if feed == "station_status" and recs:
                 recs = self._names_first(recs, now) + recs
             records.extend(recs)
@@ -729,13 +762,19 @@ class GBFSSource(Source):
             st.absent_logged = True
         st.due = max(self._rediscover_at, now + self._ttl_wait(None))  # looked for again after the next discovery
 
+    def _recovered(self, feed: str, st: _FeedState) -> None:
+        """A file answered well: its backoff starts again from BACKOFF_START_S at its next failure."""
+        if st.failures:
+            log.warning("source %s: %s is back after %d failed attempts", self.name, feed, st.failures)
+            st.failures, st.error = 0, None
+
     def _failed(self, feed: str, st: _FeedState, exc: SourceUnavailableError, now: float) -> None:
         self._count_error(feed, exc)
-        st.due = now + self._backoff(st, exc)
+        st.due = now + self._backoff(st, exc, st.ttl_s)
         first = st.error != str(exc)
         st.error = str(exc)
         (log.error if first else log.warning)(
-            "source %s: %s failed (%s); keeping the last good state, attempt %d, next try in %.0f s",
+            "source %s: %s failed (%s); keeping the last good state, attempt %d, next try in %.1f s",
             self.name,
             feed,
             exc,
@@ -763,7 +802,7 @@ class GBFSSource(Source):
             except SourceUnavailableError:
                 raise
             except Exception as exc:  # a shape no rule above foresaw: this file is unreadable, the others go on
-                raise GBFSFeedError(f"{url}: cannot read this {feed} file ({type(exc).__name__}: {exc})", retry_after_s=60.0) from exc
+                raise GBFSFeedError(f"{url}: cannot read this {feed} file ({type(exc).__name__}: {exc})") from exc
             outcome = "new"
         else:
             recs, outcome = [], "unchanged"
@@ -828,10 +867,12 @@ class GBFSSource(Source):
         self._info_refetch_at = now + self.min_poll_s * self.wait_scale
         st = self.states["station_information"]
         try:
-            return self._poll_feed("station_information", now)
+            recs = self._poll_feed("station_information", now)
         except SourceUnavailableError as exc:
             self._failed("station_information", st, exc, now)
             return []
+        self._recovered("station_information", st)
+        return recs
 
 
 class GBFSReplaySource(ReplaySource):

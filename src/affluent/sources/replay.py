@@ -113,6 +113,8 @@ class ReplaySource(Source):
             raise ConfigError(f"{self.path}: empty recording")
         self.name = name or f"replay-{header.get('source', self.path.stem)}"
         self.speed = math.inf if speed <= 0 else speed
+        # played faster than recorded, times moved to now run ahead of the wall clock: a clock of its own
+        self.simulated_clock = shift_to_now and self.speed != 1
         self.loop = loop
         self.shift_to_now = shift_to_now
         self.index = 0
@@ -130,8 +132,10 @@ class ReplaySource(Source):
         if "shift_ms" in pos:
             self.shift_ms = int(pos["shift_ms"])
         elif self.shift_to_now and self.polls:
-            first_event = min((r.timestamp_ms for _, rs in self.polls for r in rs if r.timestamp_ms), default=self.polls[0][0])
-            self.shift_ms = now_ms() - first_event
+            # the newest event of the first poll becomes now: later ones follow at the replay's pace, and
+            # none runs ahead of the wall clock at real pace (an older feed file in that poll stays older)
+            first = next((rs for _, rs in self.polls if any(r.timestamp_ms for r in rs)), [])
+            self.shift_ms = now_ms() - max((r.timestamp_ms for r in first), default=self.polls[0][0])
 
     def poll(self) -> SourcePoll:
         if self.index >= len(self.polls):

@@ -97,4 +97,5 @@ def pipelines(settings: Settings, *, offline: bool, feed: str | None = None, fal
         serving_db=serving_path(settings),
         lake_root=lake_path(settings),
         lake_commit_ms=int(settings.bikes.lake_commit_s * 1000),
+        max_event_ahead_ms=settings.max_event_ahead_ms,
     )

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 import typer
 from rich.table import Table as RichTable
+from rich.text import Text
 
 from affluent.apps.bikes.app import pipelines
-from affluent.apps.bikes.catalog import load_systems, search_systems
+from affluent.apps.bikes.catalog import Catalog, load_catalog, load_systems, search_systems
 from affluent.core.errors import AffluentError
 
 commands = typer.Typer(help="Bike-share systems (GBFS).", no_args_is_help=True)
@@ -85,8 +86,8 @@ def analyze_command(
             rows = station_days(engine, the_day, system_id=system, tz=tz, default_tz=s.bikes.timezone, max_gap_ms=int(max_gap_min * 60_000))
         finally:
             engine.close()
-    except AffluentError as exc:
-        fail(exc)
+    except AffluentError as exc:  # a damaged lake file too: one line that names it, no traceback
+        _fail_line(exc)
     if as_json:
         for r in rows:
             typer.echo(orjson.dumps(r.to_dict()).decode())
@@ -118,6 +119,14 @@ def analyze_command(
                 console.print(ht)
 
 
+def _fail_line(exc: AffluentError) -> NoReturn:
+    """`fail`, on one line whatever the terminal's width: errors about the lake name long paths."""
+    from affluent.cli.common import err_console
+
+    err_console.print(Text.assemble(("error:", "bold red"), " ", str(exc)), soft_wrap=True)
+    raise typer.Exit(1)
+
+
 def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
@@ -133,19 +142,45 @@ def _by_system(rows: list) -> dict[tuple[str, str], list]:  # type: ignore[type-
 def systems_command(
     country: Annotated[str | None, typer.Option("--country", help="Two-letter country code, such as FR.")] = None,
     search: Annotated[str | None, typer.Option("--search", help="Text to find in the name, place or System ID.")] = None,
-    catalog: Annotated[Path | None, typer.Option("--catalog", help="A systems.csv to read instead of the bundled copy.")] = None,
+    catalog: Annotated[Path | None, typer.Option("--catalog", help="A systems.csv to read instead of MobilityData's catalogue.")] = None,
+    catalog_url: Annotated[
+        str | None,
+        typer.Option("--catalog-url", help="Where to download the catalogue from when online (default: the bikes.catalog_url setting)."),
+    ] = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Do not download: use the cached or the bundled catalogue.")] = False,
+    refresh: Annotated[bool, typer.Option("--refresh", help="Download the catalogue even if the cached copy is less than a day old.")] = False,
 ) -> None:
-    """List known public GBFS systems (a bundled subset of MobilityData's systems.csv)."""
-    from affluent.cli.common import console, fail
+    """List known public GBFS systems: MobilityData's systems.csv, refreshed when online (cached), else the bundled copy."""
+    from affluent.cli.common import console, fail, settings
 
     try:
-        found = search_systems(load_systems(catalog), country=country, text=search)
+        if catalog is not None:
+            cat = Catalog(load_systems(catalog), "file", _mtime_day(catalog), str(catalog))
+        else:
+            s = settings()
+            cat = load_catalog(
+                s.data_dir,
+                url=catalog_url or s.bikes.catalog_url,
+                offline=offline or s.offline,
+                refresh=refresh,
+                timeout_s=s.bikes.timeout_s,
+                connect_timeout_s=s.bikes.probe_timeout_s,
+            )
+        found = search_systems(cat.systems, country=country, text=search)
     except AffluentError as exc:
         fail(exc)
     # two lines per system read well at any terminal width, and grep well
+    console.print(cat.describe(), highlight=False, markup=False, soft_wrap=True)
     console.print(f"{len(found)} GBFS systems; run one with: affluent run bikes --feed <System ID>", highlight=False, markup=False)
     for sys_ in found:
         auth = ", needs a key" if sys_.needs_auth else ""
         versions = " ; ".join(sys_.versions) or "?"
         console.print(f"{sys_.system_id}  {sys_.name} ({sys_.location}), GBFS {versions}{auth}", highlight=False, markup=False, soft_wrap=True)
         console.print(f"    {sys_.discovery_url}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _mtime_day(path: Path) -> str:
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime("%Y-%m-%d")
+    except OSError:
+        return "?"  # load_systems says what is wrong with the file

@@ -31,6 +31,7 @@ import pyarrow as pa
 
 from affluent.analytics.bikes import STATION_STATUS, bike_situation, is_abandoned, station_flags
 from affluent.core.aggregates import Aggregate
+from affluent.core.clock import DEFAULT_MAX_EVENT_AHEAD_MS
 from affluent.core.log import DAY_MS, TopicConfig
 from affluent.core.pipeline import Pipeline
 from affluent.core.records import Record
@@ -277,16 +278,13 @@ class StationCounts(_LatestSnapshot):
         cur = self.current(acc, timestamp_ms)
         if cur is None:
             return acc  # an older snapshot of the same minute
-        acc = cur
+        # everything that can raise on a bad record comes before the running totals change
         bikes, docks = value["num_bikes_available"], value.get("num_docks_available")
         empty, full, saturated = station_flags(bikes, docks)
-        acc[1] += 1
-        acc[2] += empty
-        acc[3] += full
-        acc[4] += saturated
-        acc[5] += bikes
-        acc[6] += docks or 0
-        return acc
+        row = (1, int(empty), int(full), int(saturated), _count(bikes), _count(docks or 0))
+        for i, n in enumerate(row, 1):
+            cur[i] += n
+        return cur
 
     def result(self, acc: Any) -> dict[str, Any]:
         t, n, empty, full, saturated, bikes, docks = acc
@@ -299,6 +297,13 @@ class StationCounts(_LatestSnapshot):
             "total_bikes_available": bikes,
             "total_docks_available": docks,
         }
+
+
+def _count(n: Any) -> int:
+    """A count from a feed: an int (a bool or a string is a bad record)."""
+    if type(n) is not int:
+        raise TypeError(f"expected a whole number, got {n!r}")
+    return n
 
 
 def _top_key(item: list[Any]) -> tuple[float, str]:
@@ -315,20 +320,22 @@ class VehicleCounts(_LatestSnapshot):
         cur = self.current(acc, timestamp_ms)
         if cur is None:
             return acc
-        acc = cur
-        acc[1] += 1
-        acc[2] += value["is_abandoned"]
-        acc[3] += value["is_reserved"]
-        acc[4] += value["is_disabled"]
+        # everything that can raise on a bad record comes before the running totals change
+        flags = (bool(value["is_abandoned"]), bool(value["is_reserved"]), bool(value["is_disabled"]))
         rng = value.get("current_range_meters")
-        if rng is not None and not value["is_reserved"] and not value["is_disabled"]:
-            top = acc[5]
-            item = [rng, value["vehicle_id"], value.get("station_id"), value.get("station_name")]
+        item = None
+        if rng is not None and not flags[1] and not flags[2]:
+            item = [float(rng), value["vehicle_id"], value.get("station_id"), value.get("station_name")]
+        cur[1] += 1
+        for i, flag in enumerate(flags, 2):
+            cur[i] += flag
+        if item is not None:
+            top = cur[5]
             if len(top) < TOP_RANGE or _top_key(item) < _top_key(top[-1]):
                 top.append(item)
                 top.sort(key=_top_key)
                 del top[TOP_RANGE:]
-        return acc
+        return cur
 
     def combine(self, a: Any, b: Any) -> Any:
         top = sorted(a[5] + b[5], key=_top_key)[:TOP_RANGE]
@@ -375,13 +382,18 @@ def build_pipelines(
     serving_db: str | Path,
     lake_root: str | Path,
     lake_commit_ms: int = 30_000,
+    max_event_ahead_ms: int | None = DEFAULT_MAX_EVENT_AHEAD_MS,
 ) -> list[Pipeline]:
-    """The three bikes pipelines around one GBFS source (live or replayed)."""
+    """The three bikes pipelines around one GBFS source (live or replayed).
+
+    max_event_ahead_ms: a snapshot timed further ahead of the wall clock is a dead letter: it would
+    move the per-minute windows' watermark and make every later real snapshot late.
+    """
 
     def serving(table: str, keys: tuple[str, ...], columns: dict[str, str], **kw: Any) -> DuckDBServingSink:
         return DuckDBServingSink(serving_db, table, key_columns=keys, columns=columns, **kw)
 
-    feeds = Pipeline("bikes-feeds")
+    feeds = Pipeline("bikes-feeds", max_event_ahead_ms=max_event_ahead_ms)
     raw = feeds.source(source, topic=T_GBFS, config=TopicConfig(retention_ms=DAY_MS))
     by_feed = raw.branch(
         {
@@ -404,7 +416,7 @@ def build_pipelines(
     system_minute.to_sink(serving("bikes_system_minute", ("system_id", "window_start_ms"), SYSTEM_MINUTE_COLUMNS))
 
     # a feed changes about once a minute: waking 4 times a second keeps the serving store fresh and its upserts batched
-    live = Pipeline("bikes", poll_interval_ms=250)
+    live = Pipeline("bikes", poll_interval_ms=250, max_event_ahead_ms=max_event_ahead_ms)
     stations = live.table("stations", T_STATION_INFO, key=station_key, value=station_row, config=_KEEP)
     state = live.topic(T_STATUS).enrich(stations, key=station_key, join=station_state, name="station-state")
     state.to_topic(T_STATE)
@@ -420,6 +432,6 @@ def build_pipelines(
 
     # Parquet files hold more rows when the lake commits seldom; it still reads every second, so that what it
     # read is written when the runtime stops (closing commits)
-    lake = Pipeline("bikes-lake", commit_interval_ms=lake_commit_ms, poll_interval_ms=min(lake_commit_ms, 1_000) or 50)
+    lake = Pipeline("bikes-lake", commit_interval_ms=lake_commit_ms, poll_interval_ms=min(lake_commit_ms, 1_000) or 50, max_event_ahead_ms=max_event_ahead_ms)
     lake.topic(T_STATE).to_sink(ParquetLakeSink(lake_root, STATION_STATUS, row=_lake_row, time_ms=_lake_time, schema=LAKE_SCHEMA, tz="UTC"))
     return [feeds, live, lake]

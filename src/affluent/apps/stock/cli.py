@@ -104,6 +104,11 @@ def analyze_command(
             highlight=False,
         )
         raise typer.Exit(1) from None
+    except AffluentError as exc:  # a damaged lake file: one line that names it, no traceback
+        from rich.text import Text
+
+        err_console.print(Text.assemble(("error:", "bold red"), " ", str(exc)), soft_wrap=True)
+        raise typer.Exit(1) from None
     finally:
         engine.close()
     if result["readings"] == 0:

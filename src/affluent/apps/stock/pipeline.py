@@ -37,6 +37,7 @@ from affluent.apps.stock.readings import (
 from affluent.apps.stock.restock import RestockRule
 from affluent.apps.stock.simulator import StockSimulator
 from affluent.config import Settings, StockSettings, lake_path
+from affluent.core.clock import DEFAULT_MAX_EVENT_AHEAD_MS
 from affluent.core.errors import ConfigError
 from affluent.core.log import Log, TopicConfig
 from affluent.core.metrics import Metrics
@@ -108,13 +109,14 @@ def build_pipelines(
     redelivery_window: int | None = None,
     lake_commit_ms: int = 30_000,
     readings_config: TopicConfig | None = None,
+    max_event_ahead_ms: int | None = DEFAULT_MAX_EVENT_AHEAD_MS,
 ) -> list[Pipeline]:
     """The "stock" and "stock-lake" pipelines fed by `source`.
 
     redelivery_window: for at-least-once sources (MQTT QoS 1), drop a reading whose id is among the
     last `redelivery_window` ids of its device; None for sources that never repeat one (the simulator).
     """
-    main = Pipeline("stock")
+    main = Pipeline("stock", max_event_ahead_ms=max_event_ahead_ms)
     # the key function runs in the source task, where raising would fail the whole poll
     readings = main.source(source, topic=READINGS, config=readings_config, key=source_key)
     checked = readings.validate(check_reading, name="check-reading").with_timestamp(event_time_ms, name="event-time")
@@ -122,8 +124,9 @@ def build_pipelines(
     checked.filter(_is_alert, name="alert-filter").to_topic(ALERTS)
     keyed_state(checked, name="restock", key=shelf_key, step=RestockRule(tz).step).to_topic(RESTOCK)
 
-    lake = Pipeline("stock-lake", commit_interval_ms=lake_commit_ms)
-    stored = lake.topic(READINGS, config=readings_config).flat_map(checked_or_nothing, name="checked-only")
+    lake = Pipeline("stock-lake", commit_interval_ms=lake_commit_ms, max_event_ahead_ms=max_event_ahead_ms)
+    # "stock" dead-letters undecodable readings; this pipeline skips them
+    stored = lake.topic(READINGS, config=readings_config, dead_letters=False).flat_map(checked_or_nothing, name="checked-only")
     stored = stored.with_timestamp(event_time_ms, name="event-time")
     stored = _drop_redeliveries(stored, redelivery_window)
     stored.to_sink(ParquetLakeSink(lake_root, DATASET, row=lake_row, schema=LAKE_SCHEMA, tz="UTC"))
@@ -157,6 +160,7 @@ def pipelines(settings: Settings, *, offline: bool) -> list[Pipeline]:
         tz=store_tz(cfg),
         redelivery_window=window,
         lake_commit_ms=max(1, int(cfg.lake_commit_s * 1000)),
+        max_event_ahead_ms=settings.max_event_ahead_ms,
     )
 
 

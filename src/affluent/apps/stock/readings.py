@@ -56,7 +56,14 @@ def parse_timestamp_ms(text: str) -> int:
         raise BadReadingError(f"timestamp {text[:40]!r} is not an ISO-8601 date and time") from None
     if dt.tzinfo is None:
         raise BadReadingError(f"timestamp {text[:40]!r} has no time zone (expected e.g. 2025-07-05T13:52:00Z)")
-    return (dt - _EPOCH) // _MS
+    try:
+        ms = (dt - _EPOCH) // _MS
+        datetime.fromtimestamp(ms // 1000, UTC)  # the lake files readings by UTC date: it must have one
+    except (OverflowError, ValueError, OSError):
+        raise BadReadingError(f"timestamp {text[:40]!r} is out of range") from None
+    if ms < 0:
+        raise BadReadingError(f"timestamp {text[:40]!r} is before 1970: not a sensor reading")
+    return ms
 
 
 def _int(v: dict[str, Any], name: str) -> int:
