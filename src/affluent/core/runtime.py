@@ -619,11 +619,10 @@ class Runtime:
     """Runs pipelines and sources in threads of this process until stopped.
 
     Its pipelines are claimed together: all of them run here, or none when another live process
-    holds one. A heartbeat thread renews the leases every
-    LEASE_RENEW_MS, whatever the pipelines' commit intervals; a pipeline whose lease is lost all
-    the same stops and writes nothing more. With `fail_fast`, the first task that dies (a pipeline
-    crash, a source's terminal error) stops them all; otherwise the others go on, and `errors`
-    holds what died.
+    holds one. A heartbeat thread renews the leases every LEASE_RENEW_MS, whatever the pipelines'
+    commit intervals; a pipeline whose lease is lost all the same stops and writes nothing more.
+    With `fail_fast`, the first task that dies (a pipeline crash, a source's terminal error) stops
+    them all; otherwise the others go on, and `errors` holds what died.
     """
 
     def __init__(self, log_: Log | str | None = None, *, metrics: Metrics | None = None, retention_interval_s: float = 60.0, fail_fast: bool = True) -> None:
@@ -716,6 +715,10 @@ class Runtime:
             t.join(timeout_s)
         if self._heartbeat is not None:
             self._heartbeat.join(timeout_s)
+        for name, owner, task in self._leases:
+            if task is None:  # a pipeline of sources only: no task released its lease
+                with contextlib.suppress(AffluentError):
+                    self.log.release_lease(name, owner)
 
     def alive(self) -> bool:
         return any(t.is_alive() for t in self.threads)
