@@ -65,6 +65,9 @@ CREATE TABLE IF NOT EXISTS batches (
     base_offset INTEGER NOT NULL, count INTEGER NOT NULL, min_ts INTEGER NOT NULL,
     max_ts INTEGER NOT NULL, append_ms INTEGER NOT NULL, size INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS batches_position ON batches (topic_id, partition, base_offset);
+-- retention reads these instead of every batch (the data blobs share the table's pages)
+CREATE INDEX IF NOT EXISTS batches_age ON batches (topic_id, partition, append_ms, count);
+CREATE INDEX IF NOT EXISTS batches_sizes ON batches (topic_id, partition, base_offset, size, count);
 CREATE TABLE IF NOT EXISTS group_offsets (
     grp TEXT NOT NULL, topic_id INTEGER NOT NULL, partition INTEGER NOT NULL,
     next_offset INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
@@ -126,7 +129,7 @@ class SQLiteLog(Log):
             conn.execute("PRAGMA page_size=65536")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            conn.execute("PRAGMA mmap_size=268435456")
+            conn.execute("PRAGMA mmap_size=0")  # a mapped log counts in RSS as it grows; reads go through the page cache
             self._local.conn = conn
         return conn
 

@@ -58,6 +58,8 @@ ALERT_REPEAT_MS = 6 * HOUR_MS
 TOP_RANGE = 3
 #: rows of bikes_vehicles older than the newest snapshot by more than this are gone (rented, renamed)
 VEHICLES_RETAIN_MS = 15 * MINUTE_MS
+#: the serving store keeps a week of per-minute counts (the lake keeps everything)
+_MINUTES_KEPT: dict[str, Any] = {"retain_ms": 7 * DAY_MS, "time_column": "window_start_ms"}
 # station_information is a table: its topic keeps every row until replaced
 _KEEP = TopicConfig(retention_ms=None)
 
@@ -413,7 +415,7 @@ def build_pipelines(
     minute = status.key_by(system_of, name="by-system").window(_minute(), StationCounts(), name="system-minute", emit="update")
     system_minute = minute.map(_window_row("stations"), name="system-minute-row")
     system_minute.to_topic(T_SYSTEM_MINUTE)
-    system_minute.to_sink(serving("bikes_system_minute", ("system_id", "window_start_ms"), SYSTEM_MINUTE_COLUMNS))
+    system_minute.to_sink(serving("bikes_system_minute", ("system_id", "window_start_ms"), SYSTEM_MINUTE_COLUMNS, **_MINUTES_KEPT))
 
     # a feed changes about once a minute: waking 4 times a second keeps the serving store fresh and its upserts batched
     live = Pipeline("bikes", poll_interval_ms=250, max_event_ahead_ms=max_event_ahead_ms)
@@ -428,7 +430,7 @@ def build_pipelines(
     fleet = vehicles.key_by(system_of, name="vehicles-by-system").window(_minute(), VehicleCounts(), name="vehicle-minute", emit="update")
     vehicle_minute = fleet.map(_window_row("vehicles"), name="vehicle-minute-row")
     vehicle_minute.to_topic(T_VEHICLE_MINUTE)
-    vehicle_minute.to_sink(serving("bikes_vehicle_minute", ("system_id", "window_start_ms"), VEHICLE_MINUTE_COLUMNS))
+    vehicle_minute.to_sink(serving("bikes_vehicle_minute", ("system_id", "window_start_ms"), VEHICLE_MINUTE_COLUMNS, **_MINUTES_KEPT))
 
     # Parquet files hold more rows when the lake commits seldom; it still reads every second, so that what it
     # read is written when the runtime stops (closing commits)
