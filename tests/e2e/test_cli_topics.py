@@ -165,6 +165,15 @@ def test_unknown_topic_errors_cleanly(cli: object, tmp_path: Path, args: tuple[s
     assert [t.name for t in _log(tmp_path).list_topics()] == ["nopes"]
 
 
+@pytest.mark.parametrize(
+    "args", [("create", "t", "--partitions", "100000"), ("create", "t", "--partitions", "0"), ("tail", "t", "-n", "-5"), ("tail", "t", "-n", "0")]
+)
+def test_absurd_numbers_are_refused(cli: object, args: tuple[str, ...]) -> None:
+    r = cli(*args)  # type: ignore[operator]
+    assert r.code == 2 and "Invalid value" in r.flat_err, r
+    assert "t" not in cli("list").out.split()  # type: ignore[operator]
+
+
 def test_bad_topic_name(cli: object, tmp_path: Path) -> None:
     r = cli("create", "bad name")  # type: ignore[operator]
     assert r.code == 1 and "error: bad topic name 'bad name'" in r.flat_err and "Traceback" not in r.err

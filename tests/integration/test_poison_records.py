@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,6 +24,7 @@ from affluent.apps.bikes.pipeline import T_SYSTEM_MINUTE, build_pipelines
 from affluent.apps.stock.pipeline import DATASET, READINGS
 from affluent.apps.stock.pipeline import build_pipelines as stock_pipelines
 from affluent.core.clock import now_ms
+from affluent.core.log import OutgoingBatch
 from affluent.core.metrics import Metrics
 from affluent.core.pipeline import Pipeline
 from affluent.core.records import Record
@@ -335,3 +337,17 @@ def test_stock_reading_poison(field: str, poison: Any) -> None:
         assert len(read_topic(log, READINGS)) == len(values)
         run()  # a second start: nothing new anywhere
         assert len(read_topic(log, "stock.dlq")) == len(letters)
+
+
+def test_an_undecodable_reading_is_dead_lettered_once(tmp_path: Path) -> None:
+    """ "stock" and "stock-lake" both read stock.readings: only "stock" dead-letters what does not decode."""
+    log = temp_log(tmp_path)
+    log.create_topic(READINGS)
+    raw = [orjson.dumps(reading(1)), b'{"sensor_id": "shelf-1", "quant', orjson.dumps(reading(2))]
+    log.append(READINGS, OutgoingBatch(keys=[None] * 3, values=raw, timestamps=[T0] * 3, raw=True))
+    drain(stock_pipelines(ListSource([], name="readings"), lake_root=tmp_path / "lake", tz=_paris(), lake_commit_ms=0), log)
+    letters = [r.value for r in read_topic(log, "stock.dlq")]
+    assert len(letters) == 1 and letters[0]["value"] == '{"sensor_id": "shelf-1", "quant', letters
+    assert read_topic(log, "stock-lake.dlq") == []
+    lake = [r for f in sorted((tmp_path / "lake" / DATASET).glob("date=*/hour=*/*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert sorted(r["reading_id"] for r in lake) == ["r-1", "r-2"]

@@ -55,6 +55,9 @@ def test_timestamps_with_offsets_are_exact() -> None:
         ({"timestamp": "yesterday"}, "timestamp 'yesterday' is not an ISO-8601 date and time"),
         ({"timestamp": "2025-07-05 13:52:00"}, "has no time zone"),
         ({"timestamp": 1751723520}, "timestamp must be an ISO-8601 string, not an integer"),
+        ({"timestamp": "0001-01-01T00:00:00+01:00"}, "is out of range"),  # passed the check, then the lake refused it
+        ({"timestamp": "9999-12-31T23:59:59-01:00"}, "is out of range"),
+        ({"timestamp": "1969-12-31T23:59:59Z"}, "is before 1970"),
         ({"location": "paris"}, "location must be an object, not a string"),
         ({"location": {"lat": 1.0, "lon": 2.0}}, "missing field: location.store"),
         ({"location": {"store": "paris-12", "lat": 123.0, "lon": 2.0}}, "location.lat must be a number within ±90"),
