@@ -7,13 +7,14 @@ from typing import Annotated
 
 import typer
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table as RichTable
 from rich.text import Text
 
 from affluent.apps import available_apps
 from affluent.cli import topics
 from affluent.cli.common import console, fail, open_configured_log, settings, setup_logging
-from affluent.core.errors import AffluentError
+from affluent.core.errors import AffluentError, PipelineAlreadyRunningError
 from affluent.core.pipeline import Pipeline
 from affluent.core.runtime import Runtime
 
@@ -69,7 +70,8 @@ def run_pipelines(pipelines: list[Pipeline], *, duration_s: float | None = None,
         with Live(_status_table(rt, started), console=console, refresh_per_second=2) as live:
             rt.run(timeout_s=duration_s, on_tick=lambda r: live.update(_status_table(r, started)))
     for err in rt.errors:
-        console.print(f"[red]stopped with an error:[/] {err}", highlight=False)
+        what = "not started" if isinstance(err, PipelineAlreadyRunningError) else "stopped with an error"
+        console.print(f"[red]{what}:[/] {escape(str(err))}", highlight=False)
     if rt.errors:
         raise typer.Exit(1)
 

@@ -654,7 +654,7 @@ class Runtime:
         try:  # claimed here, before any source runs: refused, this process runs nothing at all
             self.log.acquire_leases([p.name for p in self.pipelines], owner)
         except AffluentError as exc:
-            log.error("not started: %s", exc)
+            log.info("not started: %s", exc)  # in `errors`: the caller says it
             self.errors.append(exc)
             return self
         for p in self.pipelines:
