@@ -356,15 +356,17 @@ class WindowOp(Node):
         keys: list[Any] = []
         values: list[Any] = []
         times: list[int] = []
+        # in a fixed order (window start, then key): the same input gives the same output topic, in any process
+        touched = sorted(part.touched, key=_emit_order)
         if isinstance(self.window, SessionWindow):
-            for k in part.touched:
+            for k in touched:
                 for s in part.sessions.get(k, ()):
                     keys.append(k)
                     values.append(self._result(k, s[0], s[1], s[2]))
                     times.append(s[1] - 1)
         else:
             size = self.window.size_ms
-            for ks in part.touched:
+            for ks in touched:
                 acc = part.wins.get(ks, _MISSING)
                 if acc is _MISSING:
                     continue
@@ -682,3 +684,10 @@ class Enrich(Node):
                 keep.append(False)
                 out.append(None)
         self.emit(Batch(batch.keys, out, batch.timestamps, batch.offsets).select(keep), ctx)
+
+
+def _emit_order(touched: Any) -> tuple[int, str]:
+    """Sort key of a touched window, (key, start), or of a touched session key."""
+    if type(touched) is tuple and len(touched) == 2 and type(touched[1]) is int:
+        return touched[1], repr(touched[0])
+    return 0, repr(touched)
