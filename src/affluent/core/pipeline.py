@@ -263,7 +263,7 @@ class Stream:
         emit: str = "close",
     ) -> WindowedStream:
         """Aggregate per key and event-time window. Results: {key, start_ms, end_ms, <aggregates>}."""
-        node = WindowOp(self._name(name, "window"), window, as_aggregate(aggregate), emit, across_partitions=self.rekeyed)
+        node = WindowOp.of(self._name(name, "window"), window, as_aggregate(aggregate), emit, across_partitions=self.rekeyed)
         self.node.children.append(node)
         return WindowedStream(self.pipeline, node, rekeyed=True)
 

@@ -8,7 +8,7 @@ the input offsets in one transaction.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from itertools import compress
 from typing import TYPE_CHECKING, Any
 
@@ -76,19 +76,25 @@ class _WindowPartition:
 
 
 class WindowOp(Node):
-    """Aggregates records per key and event-time window; emits on close or on every update."""
+    """Aggregates records per key and event-time window; emits on close or on every update.
+
+    What differs between kinds of windows lives in the subclasses: `FixedWindowOp` (tumbling and
+    hopping: windows fixed by a record's time) and `SessionWindowOp` (sessions that grow and merge).
+    `WindowOp.of(window, ...)` makes the one a window needs.
+    """
 
     kind = "window"
     stateful = True
+
+    @staticmethod
+    def of(name: str, window: Window, aggregate: Aggregate, emit: str = "close", *, across_partitions: bool = False) -> WindowOp:
+        cls = SessionWindowOp if window.merging else FixedWindowOp
+        return cls(name, window, aggregate, emit, across_partitions=across_partitions)
 
     def __init__(self, name: str, window: Window, aggregate: Aggregate, emit: str = "close", *, across_partitions: bool = False) -> None:
         super().__init__(name)
         if emit not in ("close", "update"):
             raise PipelineError(f"window {name!r}: emit must be 'close' or 'update', not {emit!r}")
-        if isinstance(window, SessionWindow) and getattr(aggregate, "_merge", True) is None:
-            raise PipelineError(f"window {name!r}: session windows merge sessions, and this Reduce has no merge function")
-        if isinstance(window, SessionWindow) and isinstance(aggregate, Aggregates) and any(getattr(a, "_merge", True) is None for _, a in aggregate.parts):
-            raise PipelineError(f"window {name!r}: session windows merge sessions, and one aggregate has no merge function")
         # after key_by, records of one key come from every input partition: one state for all of them,
         # whose watermark is the lowest of the partitions' (embedded: one task reads every partition)
         self.across = across_partitions
@@ -115,14 +121,28 @@ class WindowOp(Node):
             if k.startswith(_INPUT_WM):
                 self.input_wm[int(k[len(_INPUT_WM) :])] = orjson.loads(v)
                 continue
-            if isinstance(self.window, SessionWindow):
-                part.sessions[_hashable(orjson.loads(k))] = orjson.loads(v)
-            else:
-                key, start = orjson.loads(k)
-                key = _hashable(key)
-                part.wins[(key, start)] = orjson.loads(v)
-                part.by_start.setdefault(start, set()).add(key)
+            self._load(part, orjson.loads(k), orjson.loads(v))
         self.parts[partition] = part
+
+    def _load(self, part: _WindowPartition, key: Any, acc: Any) -> None:
+        """Put one saved entry back into `part`."""
+        raise NotImplementedError
+
+    def _changes(self, part: _WindowPartition, partition: int) -> list[StateChange]:
+        """The state changes of `part`'s dirty entries."""
+        raise NotImplementedError
+
+    def _add(self, part: _WindowPartition, batch: Batch, ctx: TaskContext, wm: int, cap: int, floor: int) -> None:
+        """Add records that are not late."""
+        raise NotImplementedError
+
+    def _updated(self, part: _WindowPartition, touched: list[Any]) -> Iterator[tuple[Any, int, int, Any]]:
+        """(key, start, end, accumulator) of every window the `touched` entries hold."""
+        raise NotImplementedError
+
+    def _due(self, part: _WindowPartition, wm: int) -> Iterator[tuple[Any, int, int, Any]]:
+        """Take the windows that closed by watermark `wm` out of `part`, one by one (consume them all)."""
+        raise NotImplementedError
 
     def _fold_pending(self, part: _WindowPartition) -> None:
         wins, by_start, dirty, touched = part.wins, part.by_start, part.dirty, part.touched
@@ -145,14 +165,7 @@ class WindowOp(Node):
                 self._fold_pending(part)
             if not (part.dirty or part.wm_dirty):
                 continue
-            if isinstance(self.window, SessionWindow):
-                for key in part.dirty:
-                    s = part.sessions.get(key)
-                    out.append(StateChange(self.store, p, dumps(key), dumps(s) if s else None))
-            else:
-                for ks in part.dirty:
-                    acc = part.wins.get(ks, _MISSING)
-                    out.append(StateChange(self.store, p, dumps(ks), None if acc is _MISSING else dumps(acc)))
+            out.extend(self._changes(part, p))
             out.append(StateChange(self.store, p, _WM_KEY, dumps(part.wm)))
             if self.across:
                 out.extend(StateChange(self.store, 0, _INPUT_WM + str(q).encode(), dumps(w)) for q, w in self.input_wm.items())
@@ -186,10 +199,7 @@ class WindowOp(Node):
             batch = batch.take([i for i in range(len(batch)) if i not in drop])
             ts = batch.timestamps
         if ts:
-            if isinstance(self.window, SessionWindow):
-                self._add_sessions(part, batch, ctx, start_wm, cap, floor)
-            else:
-                self._add_windows(part, batch, ctx, start_wm, cap, floor)
+            self._add(part, batch, ctx, start_wm, cap, floor)
             hi = max(ts)
             if self.across:
                 if hi > self.input_wm.get(ctx.partition, MIN_TIME):
@@ -219,47 +229,113 @@ class WindowOp(Node):
 
     def _late(self, ts: list[int], wm: int, cap: int = MAX_TIME, floor: int = MIN_TIME) -> list[int]:
         """Indices of late records, the watermark advancing record by record: max(floor, min(own, cap))."""
-        w = self.window
-        grace = w.grace_ms
+        last_end, grace = self.window.last_end, self.window.grace_ms
         lo = min(ts) if ts else 0
         hi = max(ts) if ts else 0
-        if isinstance(w, SessionWindow):
-            span_end = lo + w.gap_ms
-        elif isinstance(w, TumblingWindow):
-            span_end = lo - lo % w.size_ms + w.size_ms
-        else:
-            span_end = lo - lo % w.hop_ms + w.size_ms  # end of lo's last window
-        if span_end + grace > max(floor, min(max(wm, hi), cap)):
-            return []
+        if last_end(lo) + grace > max(floor, min(max(wm, hi), cap)):
+            return []  # even the earliest record's last window is still open: none is late
         late = []
         cur = wm
-        if isinstance(w, SessionWindow):
-            gap = w.gap_ms
-            for i, t in enumerate(ts):
-                if t > cur:
-                    cur = t
-                if t + gap + grace <= max(floor, min(cur, cap)):
-                    late.append(i)
-        elif isinstance(w, TumblingWindow):
-            size = w.size_ms
-            for i, t in enumerate(ts):
-                if t > cur:
-                    cur = t
-                if t - t % size + size + grace <= max(floor, min(cur, cap)):
-                    late.append(i)
-        else:
-            size, hop = w.size_ms, w.hop_ms
-            for i, t in enumerate(ts):
-                if t > cur:
-                    cur = t
-                if t - t % hop + size + grace <= max(floor, min(cur, cap)):
-                    late.append(i)
+        for i, t in enumerate(ts):
+            if t > cur:
+                cur = t
+            if last_end(t) + grace <= max(floor, min(cur, cap)):
+                late.append(i)
         return late
 
-    def _add_windows(self, part: _WindowPartition, batch: Batch, ctx: TaskContext, wm: int, cap: int, floor: int) -> None:
+    # -- emitting ---------------------------------------------------------------------------------------------
+    def _result(self, key: Any, start: int, end: int, acc: Any) -> dict[str, Any]:
+        out = {"key": key, "start_ms": start, "end_ms": end}
+        out.update(result_fields(self.agg, acc))
+        return out
+
+    def _after(self, part: _WindowPartition, ctx: TaskContext) -> None:
+        if self.emit_mode == "update" and part.pending:
+            self._fold_pending(part)
+        if self.emit_mode == "update" and part.touched:
+            self._emit_updates(part, ctx)
+        part.touched.clear()
+        self._close(part, ctx)
+
+    def _emit_updates(self, part: _WindowPartition, ctx: TaskContext) -> None:
+        # in a fixed order (window start, then key): the same input gives the same output topic, in any process
+        self._emit_windows(self._updated(part, sorted(part.touched, key=_emit_order)), ctx)
+
+    def _emit_windows(self, windows: Iterable[tuple[Any, int, int, Any]], ctx: TaskContext) -> None:
+        keys: list[Any] = []
+        values: list[Any] = []
+        times: list[int] = []
+        for k, start, end, acc in windows:
+            keys.append(k)
+            values.append(self._result(k, start, end, acc))
+            times.append(end - 1)
+        if keys:
+            self.emit(Batch(keys, values, times, [-1] * len(keys)), ctx)
+
+    def _close(self, part: _WindowPartition, ctx: TaskContext) -> None:
+        due = self._due(part, part.wm)
+        if self.emit_mode == "close":
+            self._emit_windows(due, ctx)
+        else:  # already emitted at their last update
+            for _ in due:
+                pass
+
+    def close_all(self, ctx: TaskContext) -> None:
+        """End of a bounded input: the watermark jumps to the end of time and every window closes."""
+        for p, part in self.parts.items():
+            part.wm = MAX_TIME
+            part.wm_dirty = True
+            with ctx.at_partition(p):
+                self._close(part, ctx)
+
+    def tick(self, ctx: TaskContext, now_wall_ms: int) -> None:
+        """Advance idle partitions' watermarks with the wall clock and close what is due."""
+        idle = self.window.idle_ms
+        if self.across and self.input_wm:
+            part = self.parts.get(0)
+            if part is not None:
+                wm = self._across_wm(ctx)
+                if wm > part.wm:
+                    part.wm = wm
+                    part.wm_dirty = True
+                    with ctx.at_partition(0):
+                        self._close(part, ctx)
+        if idle is None:
+            return
+        for p, part in self.parts.items():
+            if part.wm == MIN_TIME or (not self.across and p not in ctx.caught_up):
+                continue  # during a catch-up, a filter dropping everything for a while is not idleness
+            if now_wall_ms - part.last_data_wall >= idle:
+                part.wm += now_wall_ms - max(part.last_tick_wall, part.last_data_wall + idle)
+                part.last_tick_wall = now_wall_ms
+                part.wm_dirty = True
+                with ctx.at_partition(p):
+                    self._close(part, ctx)
+
+
+class FixedWindowOp(WindowOp):
+    """Tumbling and hopping windows: state is one accumulator per (key, window start)."""
+
+    window: TumblingWindow | HoppingWindow
+
+    def _load(self, part: _WindowPartition, key: Any, acc: Any) -> None:
+        k, start = key
+        k = _hashable(k)
+        part.wins[(k, start)] = acc
+        part.by_start.setdefault(start, set()).add(k)
+
+    def _changes(self, part: _WindowPartition, partition: int) -> list[StateChange]:
+        dumps = orjson.dumps
+        out = []
+        for ks in part.dirty:
+            acc = part.wins.get(ks, _MISSING)
+            out.append(StateChange(self.store, partition, dumps(ks), None if acc is _MISSING else dumps(acc)))
+        return out
+
+    def _add(self, part: _WindowPartition, batch: Batch, ctx: TaskContext, wm: int, cap: int, floor: int) -> None:
         w = self.window
         keys, values, ts = batch.keys, batch.values, batch.timestamps
-        if isinstance(w, TumblingWindow):
+        if w.hop_ms == w.size_ms:  # tumbling: one window per record
             size = w.size_ms
             starts = [t - t % size for t in ts]
             if self._count_fast:
@@ -271,7 +347,6 @@ class WindowOp(Node):
             pairs = zip(keys, starts, values, ts, batch.offsets, strict=True)
             self._fold(part, ((k, s, v, t, o) for k, s, v, t, o in pairs), ctx)
             return
-        assert isinstance(w, HoppingWindow)
         size, grace = w.size_ms, w.grace_ms
         cur = wm
 
@@ -312,8 +387,49 @@ class WindowOp(Node):
             dirty.add(ks)
             touched.add(ks)
 
-    def _add_sessions(self, part: _WindowPartition, batch: Batch, ctx: TaskContext, wm: int, cap: int, floor: int) -> None:
-        gap = self.window.gap_ms  # type: ignore[union-attr]
+    def _updated(self, part: _WindowPartition, touched: list[Any]) -> Iterator[tuple[Any, int, int, Any]]:
+        size = self.window.size_ms
+        for ks in touched:
+            acc = part.wins.get(ks, _MISSING)
+            if acc is not _MISSING:
+                yield ks[0], ks[1], ks[1] + size, acc
+
+    def _due(self, part: _WindowPartition, wm: int) -> Iterator[tuple[Any, int, int, Any]]:
+        size = self.window.size_ms
+        limit = wm - size - self.window.grace_ms
+        if part.pending and part.pending_min <= limit:
+            self._fold_pending(part)
+        for start in sorted(s for s in part.by_start if s <= limit):
+            for k in part.by_start.pop(start):
+                part.dirty.add((k, start))
+                yield k, start, start + size, part.wins.pop((k, start))
+
+
+class SessionWindowOp(WindowOp):
+    """Session windows: state is the list of open sessions, [start, end, accumulator], per key."""
+
+    window: SessionWindow
+
+    def __init__(self, name: str, window: Window, aggregate: Aggregate, emit: str = "close", *, across_partitions: bool = False) -> None:
+        super().__init__(name, window, aggregate, emit, across_partitions=across_partitions)
+        parts = aggregate.parts if isinstance(aggregate, Aggregates) else [("", aggregate)]
+        if any(getattr(a, "_merge", True) is None for _, a in parts):
+            which = "one aggregate has" if isinstance(aggregate, Aggregates) else "this Reduce has"
+            raise PipelineError(f"window {name!r}: session windows merge sessions, and {which} no merge function")
+
+    def _load(self, part: _WindowPartition, key: Any, acc: Any) -> None:
+        part.sessions[_hashable(key)] = acc
+
+    def _changes(self, part: _WindowPartition, partition: int) -> list[StateChange]:
+        dumps = orjson.dumps
+        out = []
+        for key in part.dirty:
+            s = part.sessions.get(key)
+            out.append(StateChange(self.store, partition, dumps(key), dumps(s) if s else None))
+        return out
+
+    def _add(self, part: _WindowPartition, batch: Batch, ctx: TaskContext, wm: int, cap: int, floor: int) -> None:
+        gap = self.window.gap_ms
         grace = self.window.grace_ms
         create, add, merge = self.agg.create, self.agg.add, self.agg.merge
         sessions = part.sessions
@@ -338,114 +454,26 @@ class WindowOp(Node):
             part.dirty.add(k)
             part.touched.add(k)
 
-    # -- emitting ---------------------------------------------------------------------------------------------
-    def _result(self, key: Any, start: int, end: int, acc: Any) -> dict[str, Any]:
-        out = {"key": key, "start_ms": start, "end_ms": end}
-        out.update(result_fields(self.agg, acc))
-        return out
+    def _updated(self, part: _WindowPartition, touched: list[Any]) -> Iterator[tuple[Any, int, int, Any]]:
+        for k in touched:
+            for s in part.sessions.get(k, ()):
+                yield k, s[0], s[1], s[2]
 
-    def _after(self, part: _WindowPartition, ctx: TaskContext) -> None:
-        if self.emit_mode == "update" and part.pending:
-            self._fold_pending(part)
-        if self.emit_mode == "update" and part.touched:
-            self._emit_updates(part, ctx)
-        part.touched.clear()
-        self._close(part, ctx)
-
-    def _emit_updates(self, part: _WindowPartition, ctx: TaskContext) -> None:
-        keys: list[Any] = []
-        values: list[Any] = []
-        times: list[int] = []
-        # in a fixed order (window start, then key): the same input gives the same output topic, in any process
-        touched = sorted(part.touched, key=_emit_order)
-        if isinstance(self.window, SessionWindow):
-            for k in touched:
-                for s in part.sessions.get(k, ()):
-                    keys.append(k)
-                    values.append(self._result(k, s[0], s[1], s[2]))
-                    times.append(s[1] - 1)
-        else:
-            size = self.window.size_ms
-            for ks in touched:
-                acc = part.wins.get(ks, _MISSING)
-                if acc is _MISSING:
-                    continue
-                keys.append(ks[0])
-                values.append(self._result(ks[0], ks[1], ks[1] + size, acc))
-                times.append(ks[1] + size - 1)
-        self.emit(Batch(keys, values, times, [-1] * len(keys)), ctx)
-
-    def _close(self, part: _WindowPartition, ctx: TaskContext) -> None:
-        if part.pending and part.pending_min <= part.wm - self.window.grace_ms - getattr(self.window, "size_ms", 0):
-            self._fold_pending(part)
-        wm = part.wm
+    def _due(self, part: _WindowPartition, wm: int) -> Iterator[tuple[Any, int, int, Any]]:
         grace = self.window.grace_ms
-        keys: list[Any] = []
-        values: list[Any] = []
-        times: list[int] = []
-        final = self.emit_mode == "close"
-        if isinstance(self.window, SessionWindow):
-            for k in list(part.sessions):
-                sess = part.sessions[k]
-                closing = [s for s in sess if s[1] + grace <= wm]
-                if not closing:
-                    continue
-                for s in sorted(closing, key=lambda s: s[0]):
-                    if final:
-                        keys.append(k)
-                        values.append(self._result(k, s[0], s[1], s[2]))
-                        times.append(s[1] - 1)
-                rest = [s for s in sess if s[1] + grace > wm]
-                if rest:
-                    part.sessions[k] = rest
-                else:
-                    del part.sessions[k]
-                part.dirty.add(k)
-        else:
-            size = self.window.size_ms
-            limit = wm - size - grace
-            for start in sorted(s for s in part.by_start if s <= limit):
-                for k in part.by_start.pop(start):
-                    acc = part.wins.pop((k, start))
-                    part.dirty.add((k, start))
-                    if final:
-                        keys.append(k)
-                        values.append(self._result(k, start, start + size, acc))
-                        times.append(start + size - 1)
-        if keys:
-            self.emit(Batch(keys, values, times, [-1] * len(keys)), ctx)
-
-    def close_all(self, ctx: TaskContext) -> None:
-        """End of a bounded input: the watermark jumps to the end of time and every window closes."""
-        for p, part in self.parts.items():
-            part.wm = MAX_TIME
-            part.wm_dirty = True
-            with ctx.at_partition(p):
-                self._close(part, ctx)
-
-    def tick(self, ctx: TaskContext, now_wall_ms: int) -> None:
-        """Advance idle partitions' watermarks with the wall clock and close what is due."""
-        idle = self.window.idle_ms
-        if self.across and self.input_wm:
-            part = self.parts.get(0)
-            if part is not None:
-                wm = self._across_wm(ctx)
-                if wm > part.wm:
-                    part.wm = wm
-                    part.wm_dirty = True
-                    with ctx.at_partition(0):
-                        self._close(part, ctx)
-        if idle is None:
-            return
-        for p, part in self.parts.items():
-            if part.wm == MIN_TIME or (not self.across and p not in ctx.caught_up):
-                continue  # during a catch-up, a filter dropping everything for a while is not idleness
-            if now_wall_ms - part.last_data_wall >= idle:
-                part.wm += now_wall_ms - max(part.last_tick_wall, part.last_data_wall + idle)
-                part.last_tick_wall = now_wall_ms
-                part.wm_dirty = True
-                with ctx.at_partition(p):
-                    self._close(part, ctx)
+        for k in list(part.sessions):
+            sess = part.sessions[k]
+            closing = [s for s in sess if s[1] + grace <= wm]
+            if not closing:
+                continue
+            rest = [s for s in sess if s[1] + grace > wm]
+            if rest:
+                part.sessions[k] = rest
+            else:
+                del part.sessions[k]
+            part.dirty.add(k)
+            for s in sorted(closing, key=lambda s: s[0]):
+                yield k, s[0], s[1], s[2]
 
 
 class _Missing:

@@ -12,6 +12,7 @@ exactly the results of an uninterrupted one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from affluent.core.errors import ConfigError
 
@@ -22,16 +23,23 @@ class TumblingWindow:
     grace_ms: int = 0
     idle_ms: int | None = 5_000
 
+    #: windows of one key do not merge: each record falls in windows fixed by its time alone
+    merging: ClassVar[bool] = False
+
     def __post_init__(self) -> None:
         _check(self.size_ms, self.grace_ms)
+
+    @property
+    def hop_ms(self) -> int:
+        return self.size_ms
 
     def starts(self, ts: int) -> range:
         s = ts - ts % self.size_ms
         return range(s, s + 1)
 
-    @property
-    def span_ms(self) -> int:
-        return self.size_ms
+    def last_end(self, ts: int) -> int:
+        """The end of the last window that holds a record at `ts`."""
+        return ts - ts % self.size_ms + self.size_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +48,8 @@ class HoppingWindow:
     hop_ms: int
     grace_ms: int = 0
     idle_ms: int | None = 5_000
+
+    merging: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         _check(self.size_ms, self.grace_ms)
@@ -53,9 +63,8 @@ class HoppingWindow:
         first = lo + (-lo) % self.hop_ms
         return range(first, last + 1, self.hop_ms)
 
-    @property
-    def span_ms(self) -> int:
-        return self.size_ms
+    def last_end(self, ts: int) -> int:
+        return ts - ts % self.hop_ms + self.size_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +74,15 @@ class SessionWindow:
     gap_ms: int
     grace_ms: int = 0
     idle_ms: int | None = 5_000
+    #: sessions of one key grow and merge as records come
+    merging: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _check(self.gap_ms, self.grace_ms)
+
+    def last_end(self, ts: int) -> int:
+        """The earliest a session holding a record at `ts` can end."""
+        return ts + self.gap_ms
 
 
 Window = TumblingWindow | HoppingWindow | SessionWindow
