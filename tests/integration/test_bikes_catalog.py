@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from affluent.apps.bikes import commands
 from affluent.apps.bikes.app import resolve_feed
 from affluent.apps.bikes.catalog import BUNDLED_DATE, CACHE_FILE, DEFAULT_CATALOG_URL, find_system, load_catalog, load_systems
+from affluent.core.errors import ConfigError
 
 HEADER = (
     "Country Code,Name,Location,System ID,URL,Auto-Discovery URL,Supported Versions,Authentication Info URL,Authentication Type,Authentication Parameter Name\n"
@@ -109,6 +110,11 @@ def test_online_the_catalogue_is_downloaded_and_cached_with_its_date(server: Cat
     fresh = load_catalog(tmp_path, url=server.url, refresh=True)
     assert (fresh.origin, len(fresh.systems), server.hits) == ("downloaded", 3, 2)
     assert load_catalog(tmp_path, url=server.url, max_age_s=0).origin == "downloaded" and server.hits == 3
+    # a system known only to the downloaded copy runs by its ID (from the cache, without asking again)
+    assert resolve_feed("third", tmp_path) == ("https://gbfs.example/third/gbfs.json", "third")
+    assert resolve_feed("velozef", tmp_path)[1] == "velozef" and server.hits == 3
+    with pytest.raises(ConfigError, match="neither a GBFS discovery URL nor a System ID"):
+        resolve_feed("third")  # the bundled copy alone does not know it
 
 
 def test_a_failed_refresh_falls_back_to_the_cache_then_to_the_bundled_copy(server: CatalogServer, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from affluent.apps.bikes.catalog import find_system
+from affluent.apps.bikes.catalog import find_system, load_catalog
 from affluent.apps.bikes.pipeline import build_pipelines
 from affluent.config import BikesSettings, Settings, lake_path, serving_path
 from affluent.core.errors import AffluentError, ConfigError
@@ -43,9 +43,14 @@ def recording_path(data_dir: Path) -> Path:
     return target
 
 
-def resolve_feed(feed: str) -> tuple[str, str | None]:
-    """(discovery URL, catalogue System ID or None) for a URL or a System ID of the catalogue."""
-    system = find_system(feed)
+def resolve_feed(feed: str, data_dir: Path | None = None) -> tuple[str, str | None]:
+    """(discovery URL, catalogue System ID or None) for a URL or a System ID of the catalogue.
+
+    With `data_dir`, the catalogue is the copy `affluent bikes systems` last downloaded there, when it
+    is newer than the bundled one: a system listed there can be run by its ID.
+    """
+    systems = load_catalog(data_dir, offline=True).systems if data_dir is not None else None
+    system = find_system(feed, systems)
     if system is not None:
         return system.discovery_url, system.system_id
     if not feed.startswith(("http://", "https://")):
@@ -79,7 +84,7 @@ def choose_source(b: BikesSettings, *, offline: bool, data_dir: Path = Path(".af
     """
     if offline:
         return recording_source(b, data_dir)
-    url, system_id = resolve_feed(feed or b.feed)
+    url, system_id = resolve_feed(feed or b.feed, data_dir)
     problem = probe_feed(url, b.probe_timeout_s)
     if problem is not None:
         if b.fallback_to_recording if fallback is None else fallback:
