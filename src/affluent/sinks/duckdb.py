@@ -46,6 +46,8 @@ COLUMN_TYPES: dict[str, pa.DataType] = {
     "JSON": pa.string(),  # stored as VARCHAR text; lists and dicts are serialised
 }
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: WAL size at which the serving store checkpoints (its tables are small: a checkpoint takes milliseconds)
+SERVING_CHECKPOINT = "1MB"
 _lock = threading.Lock()
 
 
@@ -71,7 +73,13 @@ def serving_connection(path: str | os.PathLike[str], *, read_only: bool = False)
         p.parent.mkdir(parents=True, exist_ok=True)
     try:
         with _lock:  # DuckDB's instance cache is not safe against two threads opening the same file at once
-            return duckdb.connect(str(p), read_only=read_only)
+            con = duckdb.connect(str(p), read_only=read_only)
+        if not read_only:
+            # upserts pile up in memory until a checkpoint, by default at 16 MB of WAL (hours of a live
+            # store): checkpoint small and often, and let the allocator hand freed pages back
+            con.execute(f"SET checkpoint_threshold='{SERVING_CHECKPOINT}'")
+            con.execute("SET allocator_background_threads=true")
+        return con
     except duckdb.IOException as exc:
         raise ServingStoreBusyError(f"cannot open the serving store {p}: {exc}") from exc
     except duckdb.ConnectionException as exc:
