@@ -28,6 +28,24 @@ from urllib.parse import urlsplit
 
 import orjson
 
+#: recorded GBFS files, one folder per system and version
+HTTP = Path(__file__).resolve().parents[1] / "fixtures" / "bikes" / "http"
+
+
+def doc(system: str, name: str) -> dict[str, Any]:
+    """One recorded GBFS document."""
+    return orjson.loads((HTTP / system / name).read_bytes())
+
+
+class Clock:
+    """A monotonic clock the test moves by hand (a source's `clock=`)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
 
 @dataclass
 class Reply:

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 import pytest
-from tests.integration.gbfs_server import GBFSServer, Reply, pipelines_drained, wait_until
+from tests.integration.gbfs_server import HTTP, Clock, GBFSServer, Reply, doc, pipelines_drained, wait_until
 
 from affluent.apps.bikes.pipeline import T_STATUS, build_pipelines
 from affluent.core.clock import now_ms
@@ -29,21 +29,8 @@ from affluent.core.sqlite_log import SQLiteLog
 from affluent.sources.gbfs import GBFSSource
 from affluent.testing import read_topic
 
-HTTP = Path(__file__).resolve().parents[1] / "fixtures" / "bikes" / "http"
 VELOZEF = "/velozef_2.2/"
 STATUS = VELOZEF + "station_status.json"
-
-
-def doc(system: str, name: str) -> dict[str, Any]:
-    return orjson.loads((HTTP / system / name).read_bytes())
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

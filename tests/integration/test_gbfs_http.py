@@ -4,30 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from tests.integration.gbfs_server import GBFSServer, Reply
+from tests.integration.gbfs_server import HTTP, Clock, GBFSServer, Reply, doc
 
 from affluent.core.errors import SourceUnavailableError
 from affluent.core.metrics import Metrics
 from affluent.sources.gbfs import GBFSSource
-
-HTTP = Path(__file__).resolve().parents[1] / "fixtures" / "bikes" / "http"
-
-
-def doc(system: str, name: str) -> dict[str, Any]:
-    return orjson.loads((HTTP / system / name).read_bytes())
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
