@@ -4,7 +4,7 @@
 
 A producer thread appends sensor readings to the durable log every 10 ms (rate/100 per append),
 stamping each with its append time. The runtime runs a pipeline that filters them, keys them by
-sensor and upserts the latest reading per sensor into the DuckDB serving store, committing
+sensor and upserts the latest reading per sensor into the SQLite serving store, committing
 exactly-once checkpoints. Each record's latency is the time from its append to the end of the
 serving-store transaction that made it visible (the sink's flush, just before the checkpoint).
 Prints p50, p99 and max, after a 2 s warm-up, and the rate actually sustained.
@@ -28,14 +28,14 @@ from affluent.core.pipeline import Pipeline
 from affluent.core.records import Record
 from affluent.core.runtime import Runtime
 from affluent.core.sqlite_log import SQLiteLog
-from affluent.sinks.duckdb import DuckDBServingSink
+from affluent.sinks.serving import ServingSink
 
 
 def now_ms() -> float:
     return time.time_ns() / 1e6
 
 
-class TimedServingSink(DuckDBServingSink):
+class TimedServingSink(ServingSink):
     """The serving sink, noting when each record became visible."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -82,9 +82,7 @@ def main() -> int:
     try:
         log = SQLiteLog(folder / "log.db")
         log.create_topic("readings", TopicConfig(retention_ms=None))
-        sink = TimedServingSink(
-            folder / "serving.duckdb", "latest", key_columns=["sensor"], columns={"sensor": "VARCHAR", "value": "BIGINT", "sent_ms": "DOUBLE"}
-        )
+        sink = TimedServingSink(folder / "serving.db", "latest", key_columns=["sensor"], columns={"sensor": "VARCHAR", "value": "BIGINT", "sent_ms": "DOUBLE"})
         p = Pipeline("latency", commit_interval_ms=args.commit_interval_ms, poll_interval_ms=5)
         p.topic("readings").filter(col("value") >= 0, name="valid").key_by(col("sensor"), name="by-sensor").to_sink(sink)
         rt = Runtime(log, metrics=Metrics())

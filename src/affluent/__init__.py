@@ -40,7 +40,7 @@ _EXPORTS: dict[str, str] = {
     "SourcePoll": "affluent.core.sources",
     "Sink": "affluent.core.sinks",
     "ParquetLakeSink": "affluent.sinks.lake",
-    "DuckDBServingSink": "affluent.sinks.duckdb",
+    "ServingSink": "affluent.sinks.serving",
     "ReplaySource": "affluent.sources.replay",
     # errors
     "AffluentError": "affluent.core.errors",

@@ -25,8 +25,8 @@ class LakeSettings(BaseModel):
 
 
 class ServingSettings(BaseModel):
-    #: duckdb:///file
-    url: str = "duckdb:///.affluent/serving.duckdb"
+    #: sqlite:///file (embedded, in WAL mode: other processes read it while pipelines write it)
+    url: str = "sqlite:///.affluent/serving.db"
 
 
 class StockSettings(BaseModel):
@@ -71,6 +71,17 @@ class BikesSettings(BaseModel):
     catalog_url: str = "https://raw.githubusercontent.com/MobilityData/gbfs/master/systems.csv"
 
 
+class WebSettings(BaseModel):
+    #: the dashboard listens here; another address than loopback exposes it to the network
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: background map tiles, loaded by browsers only when affluent is online ("" turns them off)
+    tiles_url: str = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+    tiles_attribution: str = "© OpenStreetMap contributors"
+    #: how often live updates look for new data (the log's offsets, the serving store's version)
+    live_interval_s: float = 0.2
+
+
 class FranceTravailSettings(BaseModel):
     client_id: str | None = None
     client_secret: SecretStr | None = None
@@ -95,6 +106,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     stock: StockSettings = Field(default_factory=StockSettings)
     bikes: BikesSettings = Field(default_factory=BikesSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     france_travail: FranceTravailSettings = Field(default_factory=FranceTravailSettings)
 
     @property
@@ -128,8 +140,9 @@ def lake_path(settings: Settings) -> Path:
 
 def serving_path(settings: Settings) -> Path:
     url = settings.serving.url
-    if not url.startswith("duckdb:///"):
+    path = url.removeprefix("sqlite:///")
+    if not path or path == url:
         from affluent.core.errors import ConfigError
 
-        raise ConfigError(f"serving URL {url!r} is not supported yet: use duckdb:///file")
-    return Path(url.removeprefix("duckdb:///"))
+        raise ConfigError(f"serving URL {url!r} is not supported yet: use sqlite:///path/to/serving.db")
+    return Path(path)

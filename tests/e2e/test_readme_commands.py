@@ -31,9 +31,11 @@ def test_readme_starts_with_the_run_and_test_commands() -> None:
 
 def test_affluent_up_offline_runs_every_app(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AFFLUENT__")}
-    r = subprocess.run([str(AFFLUENT), "up", "--offline", "--duration", "8", "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    cmd = [str(AFFLUENT), "up", "--offline", "--duration", "8", "--quiet", "--port", "0"]
+    r = subprocess.run(cmd, cwd=tmp_path, env={**env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "offline" in r.stdout.lower()  # says plainly that it is not live data
+    assert "dashboard: http://127.0.0.1:" in r.stdout  # and where to look
     log = SQLiteLog(tmp_path / ".affluent" / "affluent.db")
     try:
         counts = {t.name: t.records for t in log.list_topics()}

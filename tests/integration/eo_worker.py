@@ -42,7 +42,7 @@ def event(i: int) -> dict[str, Any]:
 
 class EventSource(Source):
     name = "events"
-    offline = True
+    mode = "simulator"
 
     def __init__(self, chunk: int) -> None:
         self.chunk = chunk

@@ -1,7 +1,7 @@
 """A process running one real app's pipelines to the end of a bounded input, for the SIGKILL tests.
 
 Run as `python kill_app_worker.py stock|bikes FOLDER [RECORDING]`. In FOLDER it keeps the SQLite log
-(`affluent.db`), the Parquet lake (`lake/`) and, for bikes, the DuckDB serving store (`serving.duckdb`).
+(`affluent.db`), the Parquet lake (`lake/`) and, for bikes, the SQLite serving store (`serving.db`).
 
 - stock: the seeded shelf simulator over one simulated day (`affluent stock simulate`), the day in ~6 s;
 - bikes: the bundled VéloZef recording (RECORDING, unpacked), not looped, not shifted, its 2 hours in ~6 s.
@@ -43,8 +43,8 @@ from affluent.core.metrics import Metrics
 from affluent.core.pipeline import Pipeline
 from affluent.core.runtime import Runtime
 from affluent.core.sqlite_log import SQLiteLog
-from affluent.sinks.duckdb import DuckDBServingSink
 from affluent.sinks.lake import ParquetLakeSink
+from affluent.sinks.serving import ServingSink
 
 LAKE_COMMIT_MS = 200
 #: a pause between a sink's flush and the log commit that follows it (see _announce_flushes)
@@ -86,7 +86,7 @@ def _announce_flushes() -> None:
         cls.flush = flush
 
     wrap(ParquetLakeSink, "lake")
-    wrap(DuckDBServingSink, "serving")
+    wrap(ServingSink, "serving")
 
 
 def _die_in_commit_marker(n: int) -> None:
@@ -124,7 +124,7 @@ def bikes_pipelines(folder: Path, recording: Path) -> list[Pipeline]:
     from affluent.sources.gbfs import GBFSReplaySource
 
     source = GBFSReplaySource(recording, speed=BIKES_REPLAY_SPEED, loop=False, shift_to_now=False)
-    return build_pipelines(source, serving_db=folder / "serving.duckdb", lake_root=folder / "lake", lake_commit_ms=LAKE_COMMIT_MS)
+    return build_pipelines(source, serving_db=folder / "serving.db", lake_root=folder / "lake", lake_commit_ms=LAKE_COMMIT_MS)
 
 
 def _done_before(log: SQLiteLog, pipes: list[Pipeline]) -> int:

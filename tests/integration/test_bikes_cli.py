@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import orjson
 from tests.integration.gbfs_server import GBFSServer
 
-from affluent.sinks.duckdb import read_serving
+from affluent.sinks.serving import read_serving
 
 HTTP = Path(__file__).resolve().parents[1] / "fixtures" / "bikes" / "http"
 AFFLUENT = str(Path(sys.executable).parent / "affluent")
@@ -41,9 +41,9 @@ def test_offline_fallback_then_analyze(tmp_path: Path) -> None:
     assert run.returncode == 0, out
     assert "cannot be reached" in out and "replaying the bundled VéloZef recording" in out
     assert "OFFLINE replay of the recording velozef-brest.recording.jsonl" in out
-    stations = read_serving(tmp_path / ".affluent" / "serving.duckdb", "SELECT name, num_bikes_available FROM bikes_stations")
+    stations = read_serving(tmp_path / ".affluent" / "serving.db", "SELECT name, num_bikes_available FROM bikes_stations")
     assert len(stations) >= 28 and all(s["name"] for s in stations)
-    minutes = read_serving(tmp_path / ".affluent" / "serving.duckdb", "SELECT COUNT(*) AS n FROM bikes_system_minute")
+    minutes = read_serving(tmp_path / ".affluent" / "serving.db", "SELECT COUNT(*) AS n FROM bikes_system_minute")
     assert minutes[0]["n"] >= 2  # 240x: about four recorded minutes a second
     today = datetime.now(ZoneInfo("Europe/Paris")).date().isoformat()
     analyze = affluent(tmp_path, "analyze", "bikes", "--day", today, "--json")
@@ -65,7 +65,7 @@ def test_run_a_live_feed_given_on_the_command_line(tmp_path: Path) -> None:
     out = run.stdout + run.stderr
     assert run.returncode == 0, out
     assert "(live)" in out and "offline" not in out.lower()
-    rows = read_serving(tmp_path / ".affluent" / "serving.duckdb", "SELECT system_id, station_id, name, is_full FROM bikes_stations ORDER BY 2")
+    rows = read_serving(tmp_path / ".affluent" / "serving.db", "SELECT system_id, station_id, name, is_full FROM bikes_stations ORDER BY 2")
     assert rows == [
         {"system_id": "lyon", "station_id": "lyon-10063", "name": "Place Bellecour", "is_full": False},
         {"system_id": "lyon", "station_id": "lyon-2010", "name": "Part-Dieu", "is_full": True},

@@ -20,7 +20,7 @@ from affluent.core.errors import SourceUnavailableError
 from affluent.core.metrics import Metrics
 from affluent.core.runtime import Runtime
 from affluent.core.sources import SourcePoll
-from affluent.sinks.duckdb import read_serving
+from affluent.sinks.serving import read_serving
 from affluent.sources.gbfs import GBFSSource
 from affluent.testing import read_topic, temp_log
 
@@ -165,7 +165,7 @@ def replayed_day(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     with GBFSServer() as server:
         count = serve_day(server, day)
         source = SimulatedMinutes(server.url(DISCOVERY_PATH), metrics=metrics)
-        pipelines = build_pipelines(source, serving_db=tmp / "serving.duckdb", lake_root=tmp / "lake", lake_commit_ms=2000)
+        pipelines = build_pipelines(source, serving_db=tmp / "serving.db", lake_root=tmp / "lake", lake_commit_ms=2000)
         rt = Runtime(log, metrics=metrics)
         for p in pipelines:
             rt.add(p)
@@ -191,7 +191,7 @@ def test_nothing_crashed_and_the_outage_was_counted(replayed_day: dict[str, Any]
 
 
 def test_live_per_minute_windows(replayed_day: dict[str, Any]) -> None:
-    db = replayed_day["tmp"] / "serving.duckdb"
+    db = replayed_day["tmp"] / "serving.db"
     got = {r.pop("window_start_ms"): r for r in read_serving(db, "SELECT * FROM bikes_system_minute ORDER BY window_start_ms")}
     want = expected_system_minutes(replayed_day["day"])
     assert len(want) > 1000  # a day of minutes, less those that saw no snapshot
@@ -218,7 +218,7 @@ def test_live_per_minute_windows(replayed_day: dict[str, Any]) -> None:
 
 def test_live_station_states(replayed_day: dict[str, Any]) -> None:
     day = replayed_day["day"]
-    db = replayed_day["tmp"] / "serving.duckdb"
+    db = replayed_day["tmp"] / "serving.db"
     stations = {r["station_id"]: r for r in read_serving(db, "SELECT * FROM bikes_stations")}
     last = day.snapshots[-1]
     names = {s["station_id"]: s["name"] for s in last.station_information["data"]["stations"]}

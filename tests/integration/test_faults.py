@@ -84,21 +84,21 @@ def test_a_second_start_after_12_s_is_refused_and_doubles_nothing(tmp_path: Path
 
 @pytest.mark.slow
 def test_two_starts_at_once_one_runs_and_nothing_is_doubled(tmp_path: Path) -> None:
-    a, b = affluent(tmp_path, "up", "--quiet", "--duration", "10"), affluent(tmp_path, "up", "--quiet", "--duration", "10")
+    a, b = affluent(tmp_path, "up", "--quiet", "--duration", "10", "--port", "0"), affluent(tmp_path, "up", "--quiet", "--duration", "10", "--port", "0")
     (code_a, out_a), (code_b, out_b) = finish(a), finish(b)
     assert sorted([code_a, code_b]) == [0, 1], (out_a, out_b)
     refused = out_a if code_a else out_b
     assert "already running" in refused, refused
     assert_lake_equals_log(tmp_path)
-    stations = _serving(tmp_path, "SELECT system_id, station_id, count(*) AS n FROM bikes_stations GROUP BY ALL HAVING n > 1")
+    stations = _serving(tmp_path, "SELECT system_id, station_id, count(*) AS n FROM bikes_stations GROUP BY system_id, station_id HAVING n > 1")
     assert stations == []
     assert _serving(tmp_path, "SELECT count(*) AS n FROM bikes_stations")[0]["n"] > 0
 
 
 def _serving(folder: Path, sql: str) -> list[dict[str, Any]]:
-    from affluent.sinks.duckdb import read_serving
+    from affluent.sinks.serving import read_serving
 
-    return read_serving(folder / ".affluent" / "serving.duckdb", sql)
+    return read_serving(folder / ".affluent" / "serving.db", sql)
 
 
 # -- a full disk -------------------------------------------------------------------------------------------------
@@ -141,7 +141,7 @@ def records_of(folder: Path, topic: str) -> int:
 @pytest.mark.slow
 def test_a_full_disk_heals_without_a_restart(small_disk: Path) -> None:
     """Log, lake and serving store on a disk that is full for 6 s: every app goes on once space is back."""
-    proc = affluent(small_disk, "up", "--quiet", "--duration", "30", AFFLUENT__BIKES__REPLAY_SPEED="20")
+    proc = affluent(small_disk, "up", "--quiet", "--duration", "30", "--port", "0", AFFLUENT__BIKES__REPLAY_SPEED="20")
     time.sleep(8)
     filler = fill(small_disk)
     during = records_of(small_disk, "stock.readings")

@@ -204,7 +204,7 @@ def test_the_bikes_app_stays_fresh_when_30_percent_of_the_answers_are_faults(ser
     metrics = Metrics()
     # min_poll_s below the ttl: the feed's ttl (1 s) sets the pace
     source = GBFSSource(server.url(VELOZEF + "gbfs.json"), min_poll_s=0.5, timeout_s=2.0, metrics=metrics)
-    pipelines = build_pipelines(source, serving_db=tmp_path / "serving.duckdb", lake_root=tmp_path / "lake", lake_commit_ms=2000)
+    pipelines = build_pipelines(source, serving_db=tmp_path / "serving.db", lake_root=tmp_path / "lake", lake_commit_ms=2000)
     rt = Runtime(log, metrics=metrics)
     for p in pipelines:
         rt.add(p)

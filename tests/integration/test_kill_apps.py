@@ -12,7 +12,7 @@ and restarting it, until a last run finishes. The killed run must then equal the
   window's last update must be the same, and within a window updates must never go back to an older state;
 - the lake: the rows of every Parquet file a reader would see (with their date=/hour= folders), as
   multisets: none missing, none twice;
-- the serving store (bikes): every DuckDB table, row for row. stock has none, and must not make one.
+- the serving store (bikes): every SQLite table, row for row. stock has none, and must not make one.
 
 No field is left out: nothing these runs store depends on the wall clock (their inputs make no dead
 letters, whose `failed_at_ms` would). A last test kills stock at one precise point: the lake's commit
@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from affluent.core.sqlite_log import SQLiteLog
+from affluent.sinks.serving import serving_connection
 
 WORKER = Path(__file__).with_name("kill_app_worker.py")
 #: topics of windows with emit="update", and what orders a window's updates (later snapshot, then more counted)
@@ -170,7 +171,7 @@ def run_with_kills(app: str, folder: Path, recording: Path | None, *, work: int,
     - startup: at a random moment after the start (imports, opening the log, the lake's recovery, the serving store);
     - running: once this run has done some work, at a random moment (mid-poll, mid-batch, mid-commit);
     - flush: once this run has done some work and run a random while, just after a lake or serving-store flush
-      began (in the Parquet or DuckDB write);
+      began (in the Parquet or SQLite write);
     - flushed: the same, just after such a flush ended (between it and the log commit that follows, or just after).
     work, live_s: the work an uninterrupted run does (its `done` count), and how long it runs. The random
     whiles add up to about LIVE_SHARE of `live_s` over all kills (a restart also catches up with what the
@@ -270,14 +271,12 @@ def lake_leftovers(folder: Path) -> list[str]:
 
 def serving(folder: Path) -> dict[str, list[tuple[Any, ...]]] | None:
     """Every table of the serving store, its rows sorted; None when there is no serving store."""
-    import duckdb
-
-    path = folder / "serving.duckdb"
+    path = folder / "serving.db"
     if not path.exists():
         return None
-    con = duckdb.connect(str(path), read_only=True)
+    con = serving_connection(path, read_only=True)
     try:
-        names = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables ORDER BY table_name").fetchall()]
+        names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").fetchall()]
         return {n: sorted(con.execute(f'SELECT * FROM "{n}"').fetchall(), key=_canon) for n in names}
     finally:
         con.close()

@@ -22,7 +22,7 @@ from affluent.core.metrics import Metrics
 from affluent.core.records import Record
 from affluent.core.runtime import Runtime
 from affluent.core.sources import Source, SourcePoll
-from affluent.sinks.duckdb import read_serving
+from affluent.sinks.serving import read_serving
 from affluent.testing import read_topic, temp_log
 
 T0 = 1_773_136_800_000  # 2026-03-10 10:00 UTC, a minute boundary
@@ -31,7 +31,7 @@ T0 = 1_773_136_800_000  # 2026-03-10 10:00 UTC, a minute boundary
 class ScriptedSource(Source):
     """Emits one list of records per poll, each poll only once the test allows it (see `run`)."""
 
-    offline = True
+    mode = "simulator"
 
     def __init__(self, polls: list[list[dict[str, Any]]]) -> None:
         self.name = "scripted-gbfs"
@@ -105,7 +105,7 @@ def run(tmp_path: Path, polls: list[list[dict[str, Any]]]) -> Any:
     """Run the pipelines, handing them one poll at a time: each is fully processed before the next comes."""
     log = temp_log(tmp_path)
     source = ScriptedSource(polls)
-    pipelines = build_pipelines(source, serving_db=tmp_path / "serving.duckdb", lake_root=tmp_path / "lake", lake_commit_ms=0)
+    pipelines = build_pipelines(source, serving_db=tmp_path / "serving.db", lake_root=tmp_path / "lake", lake_commit_ms=0)
     rt = Runtime(log, metrics=Metrics())
     for p in pipelines:
         rt.add(p)
@@ -251,7 +251,7 @@ def test_pipelines_dedupe_join_late_stations_and_count_per_minute(tmp_path: Path
     alerts = sorted((r.value["vehicle_id"], r.value["alert"], r.value["station_name"]) for r in read_topic(log, T_ALERTS))
     # v2 is abandoned in three snapshots but alerted once
     assert alerts == [("v2", "abandoned", None), ("v3", "reserved", None), ("v4", "disabled", "Brest Arena")]
-    db = tmp_path / "serving.duckdb"
+    db = tmp_path / "serving.db"
     stations = read_serving(db, "SELECT station_id, name, num_bikes_available, is_empty, is_full, capacity FROM bikes_stations ORDER BY 1")
     assert stations == [
         {"station_id": "a", "name": "Gare SNCF", "num_bikes_available": 2, "is_empty": False, "is_full": False, "capacity": 10},

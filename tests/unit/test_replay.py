@@ -65,7 +65,7 @@ class CountingSource(Source):
     """Two records per poll, an empty poll in between, done after 3 record polls."""
 
     name = "counter"
-    offline = True
+    mode = "simulator"
 
     def __init__(self) -> None:
         self.n = 0

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.live import Live
@@ -14,9 +15,13 @@ from rich.text import Text
 from affluent.apps import available_apps
 from affluent.cli import topics
 from affluent.cli.common import console, fail, open_configured_log, settings, setup_logging
+from affluent.config import Settings
 from affluent.core.errors import AffluentError, PipelineAlreadyRunningError
 from affluent.core.pipeline import Pipeline
 from affluent.core.runtime import Runtime
+
+if TYPE_CHECKING:
+    from affluent.web.server import DashboardServer
 
 app = typer.Typer(
     name="affluent",
@@ -50,11 +55,20 @@ def _status_table(rt: Runtime, started: float) -> RichTable:
     return table
 
 
-def run_pipelines(pipelines: list[Pipeline], *, duration_s: float | None = None, quiet: bool = False, fail_fast: bool = True) -> None:
+def run_pipelines(
+    pipelines: list[Pipeline],
+    *,
+    duration_s: float | None = None,
+    quiet: bool = False,
+    fail_fast: bool = True,
+    serve: Callable[[], Callable[[], None]] | None = None,
+) -> None:
     """Run pipelines in this process, with a live status table, until Ctrl+C or `duration_s`.
 
     All of them run, or none when another process runs one of them. With `fail_fast`, the first
     task that dies stops them all; otherwise the others go on. The exit code is 1 when one died.
+    serve: called once the pipelines are claimed (a second start is refused before it), it starts
+    something beside them (the dashboard) and returns how to stop it.
     """
     try:
         log = open_configured_log()
@@ -63,12 +77,17 @@ def run_pipelines(pipelines: list[Pipeline], *, duration_s: float | None = None,
     rt = Runtime(log, fail_fast=fail_fast)
     for p in pipelines:
         rt.add(p)
-    started = time.monotonic()
-    if quiet:
-        rt.run(timeout_s=duration_s)
-    else:
-        with Live(_status_table(rt, started), console=console, refresh_per_second=2) as live:
-            rt.run(timeout_s=duration_s, on_tick=lambda r: live.update(_status_table(r, started)))
+    rt.start()
+    try:
+        stop_serving = serve() if serve is not None and not rt.errors else None
+    except BaseException:  # the dashboard's port is taken: release the pipelines before exiting
+        rt.stop()
+        raise
+    try:
+        _run(rt, duration_s=duration_s, quiet=quiet)
+    finally:
+        if stop_serving is not None:
+            stop_serving()
     for err in rt.errors:
         what = "not started" if isinstance(err, PipelineAlreadyRunningError) else "stopped with an error"
         console.print(f"[red]{what}:[/] {escape(str(err))}", highlight=False)
@@ -76,13 +95,25 @@ def run_pipelines(pipelines: list[Pipeline], *, duration_s: float | None = None,
         raise typer.Exit(1)
 
 
+def _run(rt: Runtime, *, duration_s: float | None, quiet: bool) -> None:
+    started = time.monotonic()
+    if quiet:
+        rt.run(timeout_s=duration_s)
+    else:
+        with Live(_status_table(rt, started), console=console, refresh_per_second=2) as live:
+            rt.run(timeout_s=duration_s, on_tick=lambda r: live.update(_status_table(r, started)))
+
+
 @app.command()
 def up(
-    offline: Annotated[bool, typer.Option("--offline", help="Use recorded replays and simulators only.")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="Use recorded replays and simulators only; no map tiles.")] = False,
     duration_s: Annotated[float | None, typer.Option("--duration", help="Stop after this many seconds.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live status table.")] = False,
+    host: Annotated[str | None, typer.Option("--host", help="Serve the dashboard on this address (default: setting web.host, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Serve the dashboard on this port (default: setting web.port, 8000; 0: any free port).")] = None,
+    web: Annotated[bool, typer.Option("--web/--no-web", help="Serve the dashboard.")] = True,
 ) -> None:
-    """Run every app, embedded, with zero servers; offline it replays recordings and runs simulators."""
+    """Run every app, embedded, with zero servers, and serve the dashboard; offline it replays recordings and runs simulators."""
     s = settings()
     offline = offline or s.offline
     pipelines: list[Pipeline] = []
@@ -95,12 +126,45 @@ def up(
         pipelines.extend(made)
         for p in made:
             for b in p.sources:
-                mode = "offline (recorded replay or simulator)" if b.source.offline else "live"
+                mode = "live" if b.source.mode == "live" else f"offline ({b.source.mode})"
                 console.print(Text.assemble("app ", (name, "bold"), f": source {b.source.describe()} -> {b.topic} ({mode})"))
     if not pipelines:
         fail("no app could be started")
+
+    def serve() -> Callable[[], None]:
+        server = _dashboard(s, host, port, offline=offline).start()
+        console.print(Text.assemble("dashboard: ", (server.url, "bold underline")), highlight=False)
+        return server.stop
+
     # one app's failure does not take the others down: it shows in the status table and the exit code
-    run_pipelines(pipelines, duration_s=duration_s, quiet=quiet, fail_fast=False)
+    run_pipelines(pipelines, duration_s=duration_s, quiet=quiet, fail_fast=False, serve=serve if web else None)
+
+
+def _dashboard(s: Settings, host: str | None, port: int | None, *, offline: bool) -> DashboardServer:
+    """The dashboard bound to its address (a busy port exits with a clear error)."""
+    from affluent.web.server import DashboardServer, create_app, is_loopback
+
+    host = host or s.web.host
+    try:
+        server = DashboardServer(create_app(s, open_configured_log(s), offline=offline), host, s.web.port if port is None else port)
+    except AffluentError as exc:
+        fail(exc)
+    if not is_loopback(host):
+        console.print(f"[yellow]the dashboard listens on {escape(host)}:[/] anyone who can reach it can read it (it is read-only)")
+    return server
+
+
+@app.command()
+def web(
+    host: Annotated[str | None, typer.Option("--host", help="Listen on this address (default: setting web.host, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Listen on this port (default: setting web.port, 8000; 0: any free port).")] = None,
+    offline: Annotated[bool, typer.Option("--offline", help="No background map tiles.")] = False,
+) -> None:
+    """Serve the dashboard alone, for apps running in other processes (`affluent run bikes`), until Ctrl+C."""
+    s = settings()
+    server = _dashboard(s, host, port, offline=offline or s.offline)
+    console.print(Text.assemble("dashboard: ", (server.url, "bold underline")), highlight=False)
+    server.serve()
 
 
 @app.command()

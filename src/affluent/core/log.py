@@ -200,6 +200,10 @@ class Log(ABC):
         """The next offset to be written, by partition."""
         return {p.partition: p.end_offset for p in self.describe_topic(topic).partitions}
 
+    def start_offsets(self, topic: str) -> dict[int, int]:
+        """The oldest offset still held (after retention), by partition."""
+        return {p.partition: p.start_offset for p in self.describe_topic(topic).partitions}
+
     def topic_exists(self, name: str) -> bool:
         return any(t.name == name for t in self.list_topics())
 
@@ -267,6 +271,15 @@ class Log(ABC):
     @abstractmethod
     def check_lease(self, name: str, owner: str) -> None:
         """Raise FencedError unless `owner` still holds the lease on `name` (and renew it)."""
+
+    # -- status -------------------------------------------------------------------------------------
+    @abstractmethod
+    def put_statuses(self, statuses: Mapping[str, Mapping[str, Any]]) -> None:
+        """Publish each pipeline's latest status (a JSON-able dict), for readers in any process."""
+
+    @abstractmethod
+    def statuses(self) -> dict[str, dict[str, Any]]:
+        """The latest status published for each pipeline, with `updated_ms`, `pid` and `host` added."""
 
     # -- housekeeping -------------------------------------------------------------------------------
     @abstractmethod

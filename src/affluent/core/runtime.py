@@ -468,6 +468,8 @@ class SourceTask:
         self.status = "created"
         self.error: str | None = None
         self.records_out = 0
+        #: the newest event time this source appended
+        self.last_event_ms: int | None = None
         self.polls = 0
         self.max_backoff_s = max_backoff_s
 
@@ -500,6 +502,8 @@ class SourceTask:
         n = len(cp.appends[b.topic]) if b.topic in cp.appends else 0
         self.records_out += n
         if n:
+            newest = max(cp.appends[b.topic].timestamps)
+            self.last_event_ms = newest if self.last_event_ms is None else max(self.last_event_ms, newest)
             self.metrics.inc("affluent_source_records_total", n, source=src.name)
         self.metrics.set("affluent_source_last_poll_ms", now_ms(), source=src.name)
         return result.wait_s, result.done
@@ -644,12 +648,19 @@ class Runtime:
         #: (pipeline, owner, its task or None) for every lease this runtime holds
         self._leases: list[tuple[str, str, PipelineTask | None]] = []
         self._heartbeat: threading.Thread | None = None
+        self._started = False
+        #: (monotonic time, count) of the last status published per task, for records/s
+        self._counts: dict[tuple[str, str], tuple[float, int]] = {}
 
     def add(self, pipeline: Pipeline) -> Runtime:
         self.pipelines.append(pipeline)
         return self
 
     def start(self) -> Runtime:
+        """Claim the pipelines and start their threads (once: a second call does nothing)."""
+        if self._started:
+            return self
+        self._started = True
         owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:  # claimed here, before any source runs: refused, this process runs nothing at all
             self.log.acquire_leases([p.name for p in self.pipelines], owner)
@@ -670,29 +681,90 @@ class Runtime:
                 self._spawn(f"pipeline-{p.name}", task.run, self.stop_event)
             self._leases.append((p.name, owner, task))
         if self._leases and self._heartbeat is None:
-            self._heartbeat = threading.Thread(target=self._renew_leases, name="lease-heartbeat", daemon=True)
+            self._publish_statuses()
+            self._heartbeat = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
             self._heartbeat.start()
         return self
 
-    def _renew_leases(self) -> None:
+    def _beat(self) -> None:
         held = list(self._leases)
-        while held and not self.stop_event.wait(LEASE_RENEW_MS / 1000):
-            for lease in list(held):
-                name, owner, task = lease
-                if task is not None and task.status not in ("created", "running"):
-                    held.remove(lease)  # it ended and released its lease
-                    continue
-                try:
-                    self.log.check_lease(name, owner)
-                except FencedError as exc:
-                    if self.stop_event.is_set():
-                        return
-                    log.error("pipeline %s: %s", name, exc)
-                    if task is not None:
-                        task.lost = str(exc)
-                    held.remove(lease)
-                except AffluentError as exc:  # a busy or read-only disk: the next beat tries again
-                    log.warning("pipeline %s: could not renew its lease: %s", name, exc)
+        while not self.stop_event.wait(LEASE_RENEW_MS / 1000):
+            self._renew_leases(held)
+            self._publish_statuses()
+
+    def _renew_leases(self, held: list[tuple[str, str, PipelineTask | None]]) -> None:
+        for lease in list(held):
+            name, owner, task = lease
+            if task is not None and task.status not in ("created", "running"):
+                held.remove(lease)  # it ended and released its lease
+                continue
+            try:
+                self.log.check_lease(name, owner)
+            except FencedError as exc:
+                if self.stop_event.is_set():
+                    return
+                log.error("pipeline %s: %s", name, exc)
+                if task is not None:
+                    task.lost = str(exc)
+                held.remove(lease)
+            except AffluentError as exc:  # a busy or read-only disk: the next beat tries again
+                log.warning("pipeline %s: could not renew its lease: %s", name, exc)
+
+    def _publish_statuses(self) -> None:
+        """Publish `pipeline_statuses()` in the log, where dashboards in any process read them."""
+        try:
+            self.log.put_statuses(self.pipeline_statuses())
+        except AffluentError as exc:  # a busy or full disk: the next beat publishes again
+            log.debug("could not publish pipeline statuses: %s", exc)
+
+    def pipeline_statuses(self) -> dict[str, dict[str, Any]]:
+        """Each pipeline's state as a JSON-able dict: status, records, records/s, lag, dead letters, sources."""
+        now = time.monotonic()
+        out: dict[str, dict[str, Any]] = {}
+        for name, _, task in self._leases:
+            p = task.pipeline if task is not None else next(q for q in self.pipelines if q.name == name)
+            records = task.records_in if task is not None else 0
+            lag = 0
+            for topic in p.inputs:
+                with contextlib.suppress(AffluentError):
+                    done = self.log.committed(p.name, topic)
+                    lag += sum(end - done.get(part, 0) for part, end in self.log.end_offsets(topic).items())
+            sources = [self._source_status(st, now) for st in self.source_tasks if st.lease is not None and st.lease[0] == name]
+            out[name] = {
+                "status": task.status if task is not None else ("running" if not self.stop_event.is_set() else "stopped"),
+                "error": task.error if task is not None else None,
+                "records": records,
+                "rate": self._rate(("pipeline", name), records, now),
+                "lag": lag,
+                "late": int(self.metrics.get("affluent_late_records_total", pipeline=name)),
+                "dead_letters": int(self.metrics.get("affluent_dead_letters_total", pipeline=name)),
+                "inputs": sorted(p.inputs),
+                "sources": sources,
+            }
+        return out
+
+    def _source_status(self, st: SourceTask, now: float) -> dict[str, Any]:
+        src = st.binding.source
+        return {
+            "name": src.name,
+            "topic": st.binding.topic,
+            "status": st.status,
+            "error": st.error,
+            "records": st.records_out,
+            "rate": self._rate(("source", src.name), st.records_out, now),
+            "mode": src.mode,
+            "note": src.note,
+            "describe": src.describe(),
+            "last_event_ms": st.last_event_ms,
+        }
+
+    def _rate(self, key: tuple[str, str], count: int, now: float) -> float:
+        """Records per second since the previous status of `key`."""
+        before = self._counts.get(key)
+        self._counts[key] = (now, count)
+        if before is None or now <= before[0]:
+            return 0.0
+        return round((count - before[1]) / (now - before[0]), 1)
 
     def _spawn(self, name: str, fn: Callable[..., Any], *args: Any) -> threading.Thread:
         def target() -> None:
@@ -715,6 +787,8 @@ class Runtime:
             t.join(timeout_s)
         if self._heartbeat is not None:
             self._heartbeat.join(timeout_s)
+        if self._leases:
+            self._publish_statuses()
         for name, owner, task in self._leases:
             if task is None:  # a pipeline of sources only: no task released its lease
                 with contextlib.suppress(AffluentError):

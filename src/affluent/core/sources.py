@@ -35,8 +35,10 @@ class Source(ABC):
     """Base class of every source. Subclasses set `name` and implement `poll`."""
 
     name: str = "source"
-    #: True when the source reads a recording or a simulator rather than the live world.
-    offline: bool = False
+    #: "live" (the real feed), "replay" (a recording) or "simulator"
+    mode: str = "live"
+    #: why the source runs in this mode, when it is not the one asked for (shown to users)
+    note: str | None = None
     #: True when event times follow a clock of the source's own that may run ahead of the wall clock
     #: (a replay faster than recorded): the pipeline's bound on event times ahead of now does not apply.
     simulated_clock: bool = False
@@ -53,6 +55,11 @@ class Source(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and files."""
+
+    @property
+    def offline(self) -> bool:
+        """True when the source reads a recording or a simulator rather than the live world."""
+        return self.mode != "live"
 
     def describe(self) -> str:
         return self.name

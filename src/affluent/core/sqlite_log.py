@@ -14,7 +14,7 @@ import os
 import socket
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,8 @@ CREATE TABLE IF NOT EXISTS state (
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY, owner TEXT NOT NULL, pid INTEGER NOT NULL, host TEXT NOT NULL,
     heartbeat_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS statuses (
+    name TEXT PRIMARY KEY, pid INTEGER NOT NULL, host TEXT NOT NULL, updated_ms INTEGER NOT NULL, status TEXT NOT NULL);
 """
 
 
@@ -458,6 +460,18 @@ class SQLiteLog(Log):
     def release_lease(self, name: str, owner: str) -> None:
         with self._write(f"releasing pipeline {name!r} in") as conn:
             conn.execute("DELETE FROM leases WHERE name=? AND owner=?", (name, owner))
+
+    # -- status ------------------------------------------------------------------------------------------------------
+    def put_statuses(self, statuses: Mapping[str, Mapping[str, Any]]) -> None:
+        host, now = socket.gethostname(), now_ms()
+        rows = [(name, os.getpid(), host, now, orjson.dumps(st).decode()) for name, st in statuses.items()]
+        with self._write("publishing pipeline statuses in") as conn:
+            conn.executemany("INSERT OR REPLACE INTO statuses VALUES (?, ?, ?, ?, ?)", rows)
+
+    def statuses(self) -> dict[str, dict[str, Any]]:
+        with self._errors("reading pipeline statuses in"):
+            rows = self._conn().execute("SELECT name, pid, host, updated_ms, status FROM statuses ORDER BY name").fetchall()
+        return {name: {**orjson.loads(st), "pid": pid, "host": host, "updated_ms": at} for name, pid, host, at, st in rows}
 
     # -- retention -----------------------------------------------------------------------------------------------------
     def enforce_retention(self, at_ms: int | None = None) -> int:

@@ -538,7 +538,7 @@ class GBFSSource(Source):
     max_backoff_s: the longest wait after a failure, whatever a file's ttl or a server's Retry-After.
     """
 
-    offline = False
+    mode = "live"
 
     def __init__(
         self,

@@ -69,7 +69,7 @@ class SimulatorSource(Source):
     a position made with another configuration is dropped and the model starts afresh.
     """
 
-    offline = True
+    mode = "simulator"
 
     def __init__(
         self,
@@ -231,7 +231,7 @@ class MqttSource(Source):
     (when they raise or give None: no key, and event time = arrival).
     """
 
-    offline = False
+    mode = "live"
 
     def __init__(
         self,

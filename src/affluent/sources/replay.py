@@ -30,7 +30,7 @@ class RecordingSource(Source):
     def __init__(self, inner: Source, path: str | os.PathLike[str]) -> None:
         self.inner = inner
         self.name = inner.name
-        self.offline = inner.offline
+        self.mode = inner.mode
         self.path = Path(path)
         self._file: IO[bytes] | None = None
 
@@ -76,7 +76,7 @@ class ReplaySource(Source):
     loop: start again at the end (each loop shifted by the recording's length when shift_to_now).
     """
 
-    offline = True
+    mode = "replay"
 
     def __init__(
         self,

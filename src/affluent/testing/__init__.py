@@ -46,7 +46,7 @@ class ListSource(Source):
         self.batch_size = batch_size
         self.wait_s = wait_s
         self.pos = 0
-        self.offline = True
+        self.mode = "replay"
 
     def open(self, position: Any | None) -> None:
         self.pos = int(position or 0)

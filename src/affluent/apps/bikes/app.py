@@ -89,7 +89,9 @@ def choose_source(b: BikesSettings, *, offline: bool, data_dir: Path = Path(".af
     if problem is not None:
         if b.fallback_to_recording if fallback is None else fallback:
             log.warning("the feed %s cannot be reached (%s): replaying the bundled VéloZef recording instead (offline)", url, problem)
-            return recording_source(b, data_dir)
+            replay = recording_source(b, data_dir)
+            replay.note = f"the feed {url} could not be reached at start ({problem}): replays the bundled VéloZef recording"
+            return replay
         log.warning("the feed %s does not answer yet (%s); polling it anyway, with backoff", url, problem)
     return GBFSSource(url, system_id=system_id, language=b.language, min_poll_s=b.min_poll_s, timeout_s=b.timeout_s)
 

@@ -37,8 +37,8 @@ from affluent.core.pipeline import Pipeline
 from affluent.core.records import Record
 from affluent.core.sources import Source
 from affluent.core.windows import TumblingWindow
-from affluent.sinks.duckdb import DuckDBServingSink
 from affluent.sinks.lake import ParquetLakeSink
+from affluent.sinks.serving import ServingSink
 
 T_GBFS = "bikes.gbfs"
 T_SYSTEMS = "bikes.system_information"
@@ -392,8 +392,8 @@ def build_pipelines(
     move the per-minute windows' watermark and make every later real snapshot late.
     """
 
-    def serving(table: str, keys: tuple[str, ...], columns: dict[str, str], **kw: Any) -> DuckDBServingSink:
-        return DuckDBServingSink(serving_db, table, key_columns=keys, columns=columns, **kw)
+    def serving(table: str, keys: tuple[str, ...], columns: dict[str, str], **kw: Any) -> ServingSink:
+        return ServingSink(serving_db, table, key_columns=keys, columns=columns, **kw)
 
     feeds = Pipeline("bikes-feeds", max_event_ahead_ms=max_event_ahead_ms)
     raw = feeds.source(source, topic=T_GBFS, config=TopicConfig(retention_ms=DAY_MS))

@@ -5,7 +5,9 @@
               ├─ pipeline "stock":  check ─x─> stock.dlq (bad readings, with the reason)
               │                       └─ [MQTT: drop redeliveries]
               │                            ├─ alert filter ─> stock.alerts
+              │                            ├─ serving table stock_shelves (each shelf's latest reading)
               │                            └─ restock handler ─> stock.restock
+              │                                 └─ serving table stock_restock (each shelf's last request, open or closed)
               │                                 (an alert opens one request per shelf, a recovered reading closes it)
               └─ pipeline "stock-lake": checked readings ─> lake dataset stock_readings (date=/hour=, UTC)
 
@@ -36,15 +38,17 @@ from affluent.apps.stock.readings import (
 )
 from affluent.apps.stock.restock import RestockRule
 from affluent.apps.stock.simulator import StockSimulator
-from affluent.config import Settings, StockSettings, lake_path
+from affluent.config import Settings, StockSettings, lake_path, serving_path
 from affluent.core.clock import DEFAULT_MAX_EVENT_AHEAD_MS
 from affluent.core.errors import ConfigError
 from affluent.core.log import Log, TopicConfig
 from affluent.core.metrics import Metrics
 from affluent.core.pipeline import Pipeline, Stream
+from affluent.core.records import Record
 from affluent.core.runtime import Runtime
 from affluent.core.sources import Source
 from affluent.sinks.lake import ParquetLakeSink
+from affluent.sinks.serving import ServingSink
 from affluent.sources.iot import MqttSource, SimulatorSource
 
 log = logging.getLogger("affluent.apps.stock")
@@ -53,6 +57,31 @@ READINGS = "stock.readings"
 ALERTS = "stock.alerts"
 RESTOCK = "stock.restock"
 DATASET = "stock_readings"
+
+SHELF_COLUMNS = {
+    "store_id": "VARCHAR",
+    "product_id": "VARCHAR",
+    "sensor_id": "VARCHAR",
+    "quantity": "BIGINT",
+    "threshold": "BIGINT",
+    "alert": "BOOLEAN",
+    "ts_ms": "BIGINT",
+    "lat": "DOUBLE",
+    "lon": "DOUBLE",
+}
+RESTOCK_COLUMNS = {
+    "store_id": "VARCHAR",
+    "product_id": "VARCHAR",
+    "request_id": "VARCHAR",
+    "status": "VARCHAR",
+    "high_priority": "BOOLEAN",
+    "season": "VARCHAR",
+    "missing_quantity": "BIGINT",
+    "quantity": "BIGINT",
+    "threshold": "BIGINT",
+    "opened_ms": "BIGINT",
+    "updated_ms": "BIGINT",
+}
 
 
 def store_tz(cfg: StockSettings) -> ZoneInfo:
@@ -94,7 +123,11 @@ def make_source(settings: Settings, *, offline: bool) -> Source:
     if cfg.source.startswith("mqtt://"):
         if not offline:
             return mqtt_source(cfg, cfg.source)
-        log.info("offline: the stock app runs its simulator instead of reading %s", cfg.source.split("@")[-1])
+        broker = cfg.source.split("@")[-1]  # never show credentials
+        log.info("offline: the stock app runs its simulator instead of reading %s", broker)
+        sim = simulator_source(cfg)
+        sim.note = f"offline: runs the simulator instead of reading {broker}"
+        return sim
     elif cfg.source != "simulator":
         shown = f"a {cfg.source.split('://')[0]}:// URL" if "://" in cfg.source else repr(cfg.source)  # never show credentials
         raise ConfigError(f"stock.source must be 'simulator' or an mqtt:// URL, not {shown}")
@@ -110,8 +143,11 @@ def build_pipelines(
     lake_commit_ms: int = 30_000,
     readings_config: TopicConfig | None = None,
     max_event_ahead_ms: int | None = DEFAULT_MAX_EVENT_AHEAD_MS,
+    serving_db: str | Path | None = None,
 ) -> list[Pipeline]:
     """The "stock" and "stock-lake" pipelines fed by `source`.
+
+    serving_db: the serving store that gets tables stock_shelves and stock_restock (None: no tables).
 
     redelivery_window: for at-least-once sources (MQTT QoS 1), drop a reading whose id is among the
     last `redelivery_window` ids of its device; None for sources that never repeat one (the simulator).
@@ -122,7 +158,12 @@ def build_pipelines(
     checked = readings.validate(check_reading, name="check-reading").with_timestamp(event_time_ms, name="event-time")
     checked = _drop_redeliveries(checked, redelivery_window)
     checked.filter(_is_alert, name="alert-filter").to_topic(ALERTS)
-    keyed_state(checked, name="restock", key=shelf_key, step=RestockRule(tz).step).to_topic(RESTOCK)
+    requests = keyed_state(checked, name="restock", key=shelf_key, step=RestockRule(tz).step)
+    requests.to_topic(RESTOCK)
+    if serving_db is not None:
+        keys = ("store_id", "product_id")
+        checked.to_sink(ServingSink(serving_db, "stock_shelves", key_columns=keys, columns=SHELF_COLUMNS, row=_shelf_row))
+        requests.to_sink(ServingSink(serving_db, "stock_restock", key_columns=keys, columns=RESTOCK_COLUMNS, row=_restock_row))
 
     lake = Pipeline("stock-lake", commit_interval_ms=lake_commit_ms, max_event_ahead_ms=max_event_ahead_ms)
     # "stock" dead-letters undecodable readings; this pipeline skips them
@@ -131,6 +172,31 @@ def build_pipelines(
     stored = _drop_redeliveries(stored, redelivery_window)
     stored.to_sink(ParquetLakeSink(lake_root, DATASET, row=lake_row, schema=LAKE_SCHEMA, tz="UTC"))
     return [main, lake]
+
+
+def _shelf_row(r: Record) -> dict[str, Any]:
+    v = r.value
+    loc = v["location"]
+    return {
+        "store_id": v["store_id"],
+        "product_id": v["product_id"],
+        "sensor_id": v["sensor_id"],
+        "quantity": v["quantity"],
+        "threshold": v["threshold"],
+        "alert": v["alert"],
+        "ts_ms": r.timestamp_ms,
+        "lat": loc["lat"],
+        "lon": loc["lon"],
+    }
+
+
+def _restock_row(r: Record) -> dict[str, Any]:
+    v = r.value
+    row = {c: v.get(c) for c in RESTOCK_COLUMNS}
+    opened = v.get("opened_at", v["timestamp"])  # a closing record carries its request's opening time
+    row["opened_ms"] = event_time_ms({"timestamp": opened})
+    row["updated_ms"] = r.timestamp_ms
+    return row
 
 
 def _is_alert(v: dict[str, Any]) -> bool:
@@ -161,6 +227,7 @@ def pipelines(settings: Settings, *, offline: bool) -> list[Pipeline]:
         redelivery_window=window,
         lake_commit_ms=max(1, int(cfg.lake_commit_s * 1000)),
         max_event_ahead_ms=settings.max_event_ahead_ms,
+        serving_db=serving_path(settings),
     )
 
 

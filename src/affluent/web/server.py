@@ -1,0 +1,226 @@
+"""The dashboard's web server: pages, a JSON API documented with OpenAPI, and live updates over SSE.
+
+`create_app` builds the ASGI app over a log and the settings' serving store and lake; `DashboardServer`
+binds it to a socket first (so a busy port is a clear error, and port 0 picks a free one) and serves
+it in the foreground (`affluent web`) or in a thread beside the apps (`affluent up`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import ipaddress
+import logging
+import socket
+import threading
+from collections.abc import AsyncIterator, Sequence
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from affluent.apps import available_apps
+from affluent.config import Settings
+from affluent.core.errors import ConfigError
+from affluent.core.log import Log
+from affluent.web import home
+from affluent.web.board import Board
+from affluent.web.live import Channel, Computed, Feed, Hub
+from affluent.web.queries import Queries
+
+log = logging.getLogger("affluent.web")
+
+STATIC = Path(str(resources.files("affluent.web") / "static"))
+#: the page of each app, for the apps this installation has
+BOARDS = {"bikes": "affluent.web.bikes", "stock": "affluent.web.stock"}
+
+
+def boards() -> list[Board]:
+    have = available_apps()
+    return [importlib.import_module(mod).BOARD for app, mod in BOARDS.items() if app in have]
+
+
+def _page(title: str, page: str, script: str) -> str:
+    template = Template((STATIC / "page.html").read_text(encoding="utf-8"))
+    return template.substitute(title=title, page=page, script=script)
+
+
+def _channels(bs: Sequence[Board]) -> list[Channel]:
+    by_topic = {feed.topic: (b.app, feed.render) for b in bs for feed in b.alerts}
+
+    def render(r: Any) -> dict[str, Any]:
+        app, fn = by_topic[r.topic]
+        return home.alert_item(app, fn, r)
+
+    out: list[Channel] = [
+        Computed("apps", lambda q: home.apps_state(q, bs)),
+        Feed("alerts", sorted(by_topic), render, keep=50),
+    ]
+    for b in bs:
+        out += b.channels()
+    return out
+
+
+def create_app(settings: Settings, log_: Log, *, offline: bool = False) -> FastAPI:
+    """The dashboard over `log_` and the settings' serving store and lake. Read-only."""
+    bs = boards()
+    queries = Queries(settings, log_)
+    hub = Hub(queries, _channels(bs), interval_s=settings.web.live_interval_s)
+    tiles = None if offline or not settings.web.tiles_url else {"url": settings.web.tiles_url, "attribution": settings.web.tiles_attribution}
+    # the tile server's origin, for the page's content policy ({s} subdomains become a wildcard)
+    tile_origin = "" if tiles is None else "{0.scheme}://{0.netloc}".format(urlsplit(settings.web.tiles_url.replace("{s}", "*")))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(hub.run())
+        try:
+            yield
+        finally:
+            hub.close()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(
+        title="affluent",
+        summary="Live open data: each app's state, live tables and batch answers, as JSON.",
+        version=_version(),
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.queries = queries
+    app.state.boards = bs
+    app.state.hub = hub
+    app.include_router(home.router)
+    for b in bs:
+        app.include_router(b.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    csp = (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        f"img-src 'self' data: {tile_origin}; connect-src 'self'; "
+        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    )
+
+    @app.middleware("http")
+    async def headers(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        # external text is only ever set as text; this stops a script even if a bug let one in
+        response.headers["Content-Security-Policy"] = csp
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
+    @app.get("/api/config", tags=["home"], summary="The apps this dashboard shows, and the map tiles (null when offline)")
+    def get_config() -> dict[str, Any]:
+        return {
+            "apps": [{"app": b.app, "title": b.title, "summary": b.summary} for b in bs],
+            "tiles": tiles,
+            "offline": offline,
+            "channels": sorted(hub.channels),
+        }
+
+    @app.get(
+        "/api/events",
+        tags=["home"],
+        summary="Live updates (server-sent events): a snapshot of each channel asked for, then its changes",
+        response_class=StreamingResponse,
+    )
+    async def events(channels: Annotated[str, Query(description="comma-separated channel names, e.g. apps,alerts,bikes.stations")] = "apps,alerts") -> Response:
+        wanted = [c.strip() for c in channels.split(",") if c.strip()]
+        unknown = [c for c in wanted if c not in hub.channels]
+        if unknown:
+            return JSONResponse({"detail": f"unknown channel(s) {unknown}; known: {sorted(hub.channels)}"}, status_code=404)
+        sub = hub.subscribe(wanted)
+        return StreamingResponse(hub.stream(sub), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse((STATIC / "docs.html").read_text(encoding="utf-8"))
+
+    @app.get("/", include_in_schema=False)
+    def home_page() -> HTMLResponse:
+        return HTMLResponse(_page("affluent", "home", "home.js"))
+
+    for b in bs:
+        app.add_api_route(f"/{b.app}", _board_page(b), include_in_schema=False, response_class=HTMLResponse)
+    return app
+
+
+def _board_page(b: Board) -> Any:
+    def page() -> HTMLResponse:
+        return HTMLResponse(_page(b.title, b.app, b.script))
+
+    return page
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("affluent")
+    except PackageNotFoundError:
+        return "dev"
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class DashboardServer:
+    """The dashboard bound to host:port; `start()` serves it in a thread, `serve()` in the foreground."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
+        import uvicorn
+
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot serve the dashboard on {host}:{port}: {exc.strerror or exc}; choose another --port") from exc
+        sock.listen(128)
+        sock.set_inheritable(True)
+        self.socket = sock
+        self.host, self.port = host, sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2, lifespan="on")
+        self.server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    def serve(self) -> None:
+        self.server.run(sockets=[self.socket])
+
+    def start(self, timeout_s: float = 10.0) -> DashboardServer:
+        self._thread = threading.Thread(target=self.serve, name="dashboard", daemon=True)
+        self._thread.start()
+        waited = threading.Event()
+        while not self.server.started and self._thread.is_alive() and not waited.wait(0.02):
+            timeout_s -= 0.02
+            if timeout_s <= 0:
+                break
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(5)
+        self.socket.close()
+
+
+__all__ = ["BOARDS", "DashboardServer", "boards", "create_app", "is_loopback"]
