@@ -246,7 +246,7 @@ def memory(args: argparse.Namespace) -> bool:
         print(f"  {clients} clients: least-squares line from {start:.1f} MB, slope {slope:+.2f} MB/min")
     extra = slopes[args.clients] - slopes[0]
     hour = extra * args.soak_min  # the clients' share of the growth over the simulated hour(s)
-    print(f"  the clients add {extra:+.2f} MB/min, {hour:+.1f} MB over the run; the rest is the apps' tables filling their 24-h and 7-day windows")
+    print(f"  the clients add {extra:+.2f} MB/min, {hour:+.1f} MB over the run; the rest grows as much with no client (the apps at 20x, the polling)")
     ok = hour < 0.05 * 150
     print(f"  goal flat (the clients add < 5% of RSS): {'met' if ok else 'NOT met'}")
     return ok

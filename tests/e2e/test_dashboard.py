@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from tests.e2e.dashboard import Affluent, Page, wait_json
@@ -224,7 +225,28 @@ def test_pages_work_offline_with_the_network_blocked(browser: Any, offline_up: s
         assert outside == []  # no tile, no CDN: nothing but the dashboard itself
         if name == "bikes":
             assert page.page.eval_on_selector_all("path.station", "ps => ps.length") > 0
+            # the cards beside the map show the bikes the API lists, from the first load
+            problems = httpx.get(offline_up + "api/bikes/problems", timeout=10).json()
+            abandoned = sum(1 for b in problems if b["is_abandoned"])
+            assert abandoned > 0
+            page.page.wait_for_function("n => document.querySelector('[data-problem=abandoned]').textContent === String(n)", arg=abandoned, timeout=5_000)
             # the départements' outlines stand in for tiles
             assert page.page.eval_on_selector_all(".leaflet-base-pane path", "ps => ps.length") > 0
     finally:
         page.close()
+
+
+def test_a_page_says_when_its_app_is_not_running(browser: Any, tmp_path: Path) -> None:
+    """`affluent web` with no app running: the pages say so rather than pass old or empty figures for live ones."""
+    web = Affluent(tmp_path, "web", "--port", "0", "--offline")
+    page = Page(browser)
+    try:
+        url = web.wait_for_url()
+        for name in ("bikes", "stock"):
+            p = page.open(url + name)
+            p.wait_for_selector(".notice:not([hidden])", timeout=10_000)
+            assert p.inner_text(".notice").startswith(f"{name} is not running: no process runs it")
+        assert page.errors == []
+    finally:
+        page.close()
+        web.stop()

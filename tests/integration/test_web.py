@@ -128,3 +128,59 @@ def test_a_busy_port_is_a_clear_error(apps_elsewhere: tuple[str, Path], tmp_path
         other.stop()
     assert other.proc.returncode == 1
     assert f"cannot serve the dashboard on 127.0.0.1:{port}" in other.output and "choose another --port" in other.output
+
+
+def test_odd_requests_get_clear_answers_never_a_500(apps_elsewhere: tuple[str, Path]) -> None:
+    url, _ = apps_elsewhere
+    for path, params in [
+        ("api/bikes/day", {"day": "0001-01-01"}),
+        ("api/bikes/day", {"day": "9999-12-31"}),
+        ("api/stock/answers", {"since": "0001-01-01", "until": "9999-12-31"}),
+        ("api/events", {"channels": ""}),
+        ("api/events", {"channels": ","}),
+    ]:
+        resp = httpx.get(url + path, params=params, timeout=30)
+        assert resp.status_code == 422, (path, params, resp.status_code, resp.text)
+    # served on loopback, the dashboard answers only to a loopback name (no DNS rebinding)
+    assert httpx.get(url + "api/apps", headers={"Host": "evil.example"}, timeout=5).status_code == 400
+    assert httpx.head(url, timeout=5).status_code == 200
+
+
+def test_an_alert_of_another_shape_does_not_break_the_feed(apps_elsewhere: tuple[str, Path]) -> None:
+    from affluent.core.records import Record
+    from affluent.core.sqlite_log import SQLiteLog
+
+    url, folder = apps_elsewhere
+    log = SQLiteLog(folder / ".affluent" / "affluent.db")
+    try:
+        log.create_topic("bikes.vehicle_alerts")
+        log.append("bikes.vehicle_alerts", [Record(value="just a string", timestamp_ms=int(time.time() * 1000))])
+    finally:
+        log.close()
+    alerts = httpx.get(url + "api/alerts", params={"limit": 5}, timeout=10)
+    assert alerts.status_code == 200
+    assert alerts.json()[0]["title"] == "an alert this version cannot read"
+
+
+def test_sigterm_stops_like_ctrl_c(tmp_path: Path) -> None:
+    """systemd and docker stop with SIGTERM: pipelines commit, release, and say "stopped"."""
+    import signal
+
+    from affluent.core.sqlite_log import SQLiteLog
+
+    run = Affluent(tmp_path, "run", "stock", "--quiet")
+    db = tmp_path / ".affluent" / "affluent.db"
+    try:
+        deadline = time.monotonic() + 30
+        while not (db.exists() and SQLiteLog(db).statuses().get("stock", {}).get("records")):
+            assert time.monotonic() < deadline, run.output
+            time.sleep(0.2)
+        run.proc.send_signal(signal.SIGTERM)
+        assert run.proc.wait(15) == 0, run.output
+    finally:
+        run.stop()
+    log = SQLiteLog(db)
+    try:
+        assert {n: s["status"] for n, s in log.statuses().items()} == {"stock": "stopped", "stock-lake": "stopped"}
+    finally:
+        log.close()

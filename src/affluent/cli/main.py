@@ -44,7 +44,7 @@ def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
 
 
 def _status_table(rt: Runtime, started: float) -> RichTable:
-    table = RichTable(title=f"affluent up: {time.monotonic() - started:.0f} s, log {rt.log.url}", title_justify="left")
+    table = RichTable(title=f"affluent: {time.monotonic() - started:.0f} s, log {rt.log.url}", title_justify="left")
     for col in ("kind", "name", "status", "records", "late", "dead letters", "mode", "last error"):
         table.add_column(col)
     for s in rt.status():
@@ -84,7 +84,8 @@ def run_pipelines(
         rt.stop()
         raise
     try:
-        _run(rt, duration_s=duration_s, quiet=quiet)
+        if not rt.errors:  # refused: nothing runs, there is no table to show
+            _run(rt, duration_s=duration_s, quiet=quiet)
     finally:
         if stop_serving is not None:
             stop_serving()
@@ -146,7 +147,8 @@ def _dashboard(s: Settings, host: str | None, port: int | None, *, offline: bool
 
     host = host or s.web.host
     try:
-        server = DashboardServer(create_app(s, open_configured_log(s), offline=offline), host, s.web.port if port is None else port)
+        app = create_app(s, open_configured_log(s), offline=offline, host=host)
+        server = DashboardServer(app, host, s.web.port if port is None else port)
     except AffluentError as exc:
         fail(exc)
     if not is_loopback(host):
@@ -239,9 +241,16 @@ def _mount_apps() -> None:
             app.add_typer(extra, name=name)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    import signal
     import sys
 
+    # SIGTERM (systemd, docker, kill) stops as Ctrl+C does: pipelines commit and release, statuses say "stopped"
+    signal.signal(signal.SIGTERM, _interrupt)
     # the topic tool needs no app: skip importing them (most of a CLI call's start-up time)
     first = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
     if first not in ("topics", "version", "lake"):

@@ -426,6 +426,8 @@ class PipelineTask:
                     break
                 if n == 0:
                     stop.wait(p.poll_interval_ms / 1000)
+            if stop.is_set():
+                self._drain()
         except FencedError as exc:
             self.status, self.error = "fenced", str(exc)
             log.error("pipeline %s stopped: %s", p.name, exc)
@@ -440,6 +442,16 @@ class PipelineTask:
             raise
         finally:
             self.close()
+
+    def _drain(self, max_s: float = 2.0) -> None:
+        """Stopping: read what the stopped sources appended last, so that the final commit holds it too.
+
+        Bounded: a pipeline far behind stops after `max_s` and reads the rest at its next start.
+        """
+        deadline = time.monotonic() + max_s
+        with contextlib.suppress(TransientError):
+            while self.lost is None and time.monotonic() < deadline and self.poll_once():
+                pass
 
 
 class SourceTask:
@@ -665,7 +677,7 @@ class Runtime:
         try:  # claimed here, before any source runs: refused, this process runs nothing at all
             self.log.acquire_leases([p.name for p in self.pipelines], owner)
         except AffluentError as exc:
-            log.info("not started: %s", exc)  # in `errors`: the caller says it
+            log.debug("not started: %s", exc)  # in `errors`: the caller says it
             self.errors.append(exc)
             return self
         for p in self.pipelines:

@@ -105,7 +105,9 @@ def get_day(q: Q, day: date, system_id: str | None = None) -> dict[str, Any]:
     try:
         found = station_days(engine, day, system_id=system_id, default_tz=q.settings.bikes.timezone)
     except EmptyLakeError as exc:
-        return {"day": day.isoformat(), "stations": [], "note": str(exc)}
+        return {"day": day.isoformat(), "stations": [], "note": f"{exc} (the lake is written every {q.settings.bikes.lake_commit_s:g} s)"}
+    except OverflowError as exc:  # a day at the edge of the calendar (0001-01-01, 9999-12-31)
+        raise HTTPException(422, f"day {day.isoformat()} is out of range") from exc
     except AffluentError as exc:
         raise HTTPException(503, str(exc)) from exc
     finally:

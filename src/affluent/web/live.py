@@ -1,7 +1,7 @@
 """Live updates: channels that notice what changed in the log and the serving store, and a hub that
 pushes each change once to every subscribed page (server-sent events).
 
-One poller (a thread, every `interval_s`) asks each channel for its new state. A channel reads only
+One poller (one thread, every `interval_s`) asks each channel for its new state. A channel reads only
 when its input moved: a keyed table when the serving store's `data_version` changed, a feed when its
 topics' end offsets grew. What a channel sends is encoded once and shared by every subscriber, so 50
 pages cost 50 queue puts, not 50 queries. A new subscriber first gets each channel's current state
@@ -18,6 +18,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,6 +176,7 @@ class Hub:
         self._version = -2
         self._ends: dict[str, int] = {}
         self._first = True
+        self._poller = ThreadPoolExecutor(1, thread_name_prefix="live-poller")
         self.sent = 0
 
     # -- polling (a worker thread reads; the loop applies and sends) ------------------------------------------
@@ -203,7 +205,9 @@ class Hub:
         return out
 
     async def poll_once(self) -> None:
-        for channel, state, delta in await asyncio.to_thread(self._poll):
+        # always the same thread: `data_version` compares commits seen by one connection, a thread's own
+        polled = await asyncio.get_running_loop().run_in_executor(self._poller, self._poll)
+        for channel, state, delta in polled:
             channel.apply(state)
             self.publish(frame(channel.name, "delta", delta), channel.name)
 
@@ -246,6 +250,7 @@ class Hub:
             with contextlib.suppress(asyncio.QueueFull):
                 sub.queue.put_nowait(None)
         self.subscribers.clear()
+        self._poller.shutdown(wait=False)
 
     async def stream(self, sub: Subscriber, *, keepalive_s: float = 15.0) -> AsyncIterator[bytes]:
         """The bytes of one SSE response: snapshots, then deltas, with keep-alive comments."""

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from affluent.apps import available_apps
 from affluent.config import Settings
@@ -67,8 +68,12 @@ def _channels(bs: Sequence[Board]) -> list[Channel]:
     return out
 
 
-def create_app(settings: Settings, log_: Log, *, offline: bool = False) -> FastAPI:
-    """The dashboard over `log_` and the settings' serving store and lake. Read-only."""
+def create_app(settings: Settings, log_: Log, *, offline: bool = False, host: str = "127.0.0.1") -> FastAPI:
+    """The dashboard over `log_` and the settings' serving store and lake. Read-only.
+
+    host: the address it is served on; on loopback, requests must name a loopback host (a web page
+    elsewhere cannot reach it through DNS rebinding).
+    """
     bs = boards()
     queries = Queries(settings, log_)
     hub = Hub(queries, _channels(bs), interval_s=settings.web.live_interval_s)
@@ -102,6 +107,8 @@ def create_app(settings: Settings, log_: Log, *, offline: bool = False) -> FastA
     for b in bs:
         app.include_router(b.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    if is_loopback(host):
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"])
     csp = (
         "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
         f"img-src 'self' data: {tile_origin}; connect-src 'self'; "
@@ -134,6 +141,8 @@ def create_app(settings: Settings, log_: Log, *, offline: bool = False) -> FastA
     )
     async def events(channels: Annotated[str, Query(description="comma-separated channel names, e.g. apps,alerts,bikes.stations")] = "apps,alerts") -> Response:
         wanted = [c.strip() for c in channels.split(",") if c.strip()]
+        if not wanted:
+            return JSONResponse({"detail": f"name at least one channel; known: {sorted(hub.channels)}"}, status_code=422)
         unknown = [c for c in wanted if c not in hub.channels]
         if unknown:
             return JSONResponse({"detail": f"unknown channel(s) {unknown}; known: {sorted(hub.channels)}"}, status_code=404)
@@ -144,20 +153,17 @@ def create_app(settings: Settings, log_: Log, *, offline: bool = False) -> FastA
     def docs() -> HTMLResponse:
         return HTMLResponse((STATIC / "docs.html").read_text(encoding="utf-8"))
 
-    @app.get("/", include_in_schema=False)
-    def home_page() -> HTMLResponse:
-        return HTMLResponse(_page("affluent", "home", "home.js"))
-
-    for b in bs:
-        app.add_api_route(f"/{b.app}", _board_page(b), include_in_schema=False, response_class=HTMLResponse)
+    pages = [("/", "affluent", "home", "home.js")] + [(f"/{b.app}", b.title, b.app, b.script) for b in bs]
+    for path, title, page, script in pages:
+        app.add_api_route(path, _page_route(title, page, script), methods=["GET", "HEAD"], include_in_schema=False, response_class=HTMLResponse)
     return app
 
 
-def _board_page(b: Board) -> Any:
-    def page() -> HTMLResponse:
-        return HTMLResponse(_page(b.title, b.app, b.script))
+def _page_route(title: str, page: str, script: str) -> Any:
+    def route() -> HTMLResponse:
+        return HTMLResponse(_page(title, page, script))
 
-    return page
+    return route
 
 
 def _version() -> str:

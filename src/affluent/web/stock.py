@@ -69,6 +69,8 @@ def get_answers(q: Q, since: str | None = None, until: str | None = None) -> dic
         until_ms = parse_when(until, zone, end=True) if until else None
     except AffluentError as exc:
         raise HTTPException(422, str(exc)) from exc
+    except (OverflowError, ValueError) as exc:  # a date at the edge of the calendar
+        raise HTTPException(422, f"period {since!r} to {until!r} is out of range: {exc}") from exc
     engine = DuckDBEngine(q.lake_root)
     try:
         return {**analyze_stock(engine.run, tz=tz, dialect=DUCKDB, since_ms=since_ms, until_ms=until_ms), "note": None}

@@ -37,8 +37,10 @@
   const topRange = el("div", { id: "top-range" });
   const dayInput = el("input", { type: "date", id: "day", value: new Date().toLocaleDateString("en-CA") });
   const dayOut = el("div", { id: "day-table", class: "scroll" });
+  const notice = el("div", { class: "notice", hidden: true, role: "status" });
   clear(main,
     el("div", { class: "controls" }, title, el("label", null, "system", systemSelect)),
+    notice,
     el("div", { class: "split" },
       el("section", { class: "card" }, mapNode),
       el("div", { class: "stack" },
@@ -122,6 +124,7 @@
     if (!plot) {
       plot = A.chart(chartNode, {
         height: 230,
+        scales: { x: { time: true, range: (u, min, max) => (min === max ? [min - 300, max + 300] : [min, max]) } },
         series: [{}, { label: "bikes", stroke: C.blue, width: 2 }, { label: "docks", stroke: C.orange, width: 2, dash: [6, 3] },
           { label: "empty stations", stroke: C.vermillion, scale: "n", width: 1.5 }, { label: "full stations", stroke: C.sky, scale: "n", width: 1.5, dash: [2, 2] }],
         axes: [{}, { label: "bikes, docks" }, { side: 1, scale: "n", label: "stations", grid: { show: false } }],
@@ -187,14 +190,23 @@
   function redraw() { drawSystems(); drawStations(); drawTotals(); drawProblems(); drawTopRange(); }
   systemSelect.addEventListener("change", () => { system = systemSelect.value; fitted = false; markers.forEach((m) => layer.removeLayer(m)); markers.clear(); redraw(); loadDay(); });
 
-  const k = (set, draw) => new A.Keyed((rows) => { set(rows); draw(); });
+  // the first rows of any channel may come before the system is known: a change of system redraws every card
+  const k = (set, draw) => new A.Keyed((rows) => {
+    set(rows);
+    const before = system;
+    drawSystems();
+    if (before !== system) { redraw(); loadDay(); } else draw();
+  });
   const chans = {
-    "bikes.systems": k((r) => { systems = r; }, () => { const before = system; drawSystems(); if (before !== system) { redraw(); loadDay(); } }),
-    "bikes.stations": k((r) => { stations = r; }, () => { const before = system; drawSystems(); drawStations(); drawTotals(); if (before !== system) loadDay(); }),
+    "bikes.systems": k((r) => { systems = r; }, () => {}),
+    "bikes.stations": k((r) => { stations = r; }, () => { drawStations(); drawTotals(); }),
     "bikes.minutes": k((r) => { minutes = r; }, drawTotals),
     "bikes.fleet": k((r) => { fleet = r; }, drawTopRange),
     "bikes.problems": k((r) => { bikes = r; }, drawProblems),
   };
-  A.live(Object.fromEntries(Object.entries(chans).map(([name, keyed]) => [name, (kind, data) => keyed.apply(kind, data)])));
+  A.live({
+    ...Object.fromEntries(Object.entries(chans).map(([name, keyed]) => [name, (kind, data) => keyed.apply(kind, data)])),
+    apps: A.appNotice("bikes", notice),
+  });
   window.affluentBikes = { markers, fillClass };
 })();

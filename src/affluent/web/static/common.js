@@ -96,6 +96,20 @@ const A = (() => {
     return es;
   }
 
+  // on an app's page: a notice when the app is not running, so that old figures do not pass for live ones
+  function appNotice(app, node) {
+    return (kind, apps) => {
+      const a = (apps || []).find((x) => x.app === app);
+      const live = a && ["running", "replaying", "simulating"].includes(a.state);
+      node.hidden = !!live;
+      if (!live) {
+        const state = a ? a.state : "not running";
+        node.textContent = app + " is " + state + (a && a.reason ? ": " + a.reason : "") +
+          ". What this page shows is from its last run" + (a && a.updated_ms ? ", " + ago(a.updated_ms) : "") + ".";
+      }
+    };
+  }
+
   let configPromise = null;
   function config() {
     configPromise = configPromise || getJSON("/api/config");
@@ -217,7 +231,7 @@ const A = (() => {
     return el("dl", { class: "kv" }, pairs.flatMap(([k, v]) => [el("dt", null, k), el("dd", null, v)]));
   }
 
-  return { PALETTE, el, clear, num, time, ago, getJSON, Keyed, live, config, nav, map, legend, chart, bars, table, dl };
+  return { PALETTE, el, clear, num, time, ago, getJSON, Keyed, live, appNotice, config, nav, map, legend, chart, bars, table, dl };
 })();
 
 A.nav().catch((e) => console.warn("navigation: " + e));

@@ -21,13 +21,17 @@
     if (days === null) until.value = "";
     loadAnswers();
   };
+  const notice = el("div", { class: "notice", hidden: true, role: "status" });
   clear(main,
     el("h1", null, "Warehouse stock"),
+    notice,
     el("div", { class: "split" },
       el("div", { class: "stack" },
         el("section", { class: "card" }, el("h2", null, "Stores"), mapNode),
         el("section", { class: "card" }, el("h2", null, "Open restock requests"), byStore, el("div", { class: "scroll" }, requests))),
-      el("section", { class: "card" }, el("h2", null, "Live alerts"), feed)),
+      el("section", { class: "card" }, el("h2", null, "Live alerts"),
+        el("p", { class: "reason" }, "A shelf alerts when its stock falls below its threshold; simulated stores sell during their opening hours."),
+        feed)),
     el("section", { class: "card", style: "margin-top:1rem" },
       el("h2", null, "Answers over the lake"),
       el("div", { class: "controls" },
@@ -134,6 +138,7 @@
   }
 
   A.live({
+    apps: A.appNotice("stock", notice),
     "stock.stores": (() => { const k = new A.Keyed(drawStores); return (kind, data) => k.apply(kind, data); })(),
     "stock.restock": (() => {
       const k = new A.Keyed((rows) => drawRequests(rows.sort((a, b) => (b.high_priority - a.high_priority) || (b.missing_quantity - a.missing_quantity))));
