@@ -153,6 +153,8 @@ def test_bikes_map_has_one_marker_per_fixture_station_coloured_as_the_fixture_sa
         assert s["name"] in text
         assert f"bikes\n{s['num_bikes_available']}" in text and f"docks\n{s['num_docks_available']}" in text
         assert f"capacity\n{s['capacity']}" in text
+        # the top 3 by range of the latest vehicle snapshot, however old the fixture's times
+        p.wait_for_function("document.querySelectorAll('#top-range tbody tr').length === 3", timeout=5_000)
     finally:
         page.close()
 

@@ -55,6 +55,15 @@ def fleet(q: Queries, since_ms: int) -> list[dict[str, Any]]:
     return [{**r, "top_range": _json(r["top_range"])} for r in rows]
 
 
+def latest_fleet(q: Queries) -> list[dict[str, Any]]:
+    """Each system's latest vehicle minute, however old: the top 3 by range now."""
+    rows = q.serving(
+        "SELECT system_id, window_start_ms, vehicles, abandoned_count, reserved_count, disabled_count, top_range FROM bikes_vehicle_minute v "
+        "WHERE window_start_ms = (SELECT MAX(window_start_ms) FROM bikes_vehicle_minute w WHERE w.system_id = v.system_id)"
+    )
+    return [{**r, "top_range": _json(r["top_range"])} for r in rows]
+
+
 def problem_bikes(q: Queries) -> list[dict[str, Any]]:
     """Abandoned, reserved and disabled bikes of each system's latest vehicle snapshot."""
     return q.serving(
@@ -121,7 +130,7 @@ def channels() -> list[Channel]:
         KeyedRows("bikes.systems", systems, ("system_id",)),
         KeyedRows("bikes.stations", stations, ("system_id", "station_id")),
         KeyedRows("bikes.minutes", lambda q: minutes(q, now_ms() - day), ("system_id", "window_start_ms")),
-        KeyedRows("bikes.fleet", lambda q: fleet(q, now_ms() - day), ("system_id", "window_start_ms")),
+        KeyedRows("bikes.fleet", latest_fleet, ("system_id",)),
         KeyedRows("bikes.problems", problem_bikes, ("system_id", "vehicle_id")),
     ]
 

@@ -124,7 +124,8 @@
     if (!plot) {
       plot = A.chart(chartNode, {
         height: 230,
-        scales: { x: { time: true, range: (u, min, max) => (min === max ? [min - 300, max + 300] : [min, max]) } },
+        // one minute only: uPlot would stretch the axis over years; show ten minutes around it
+        scales: { x: { time: true, range: (u, min, max) => (u.data[0].length === 1 ? [min - 300, min + 300] : [min, max]) } },
         series: [{}, { label: "bikes", stroke: C.blue, width: 2 }, { label: "docks", stroke: C.orange, width: 2, dash: [6, 3] },
           { label: "empty stations", stroke: C.vermillion, scale: "n", width: 1.5 }, { label: "full stations", stroke: C.sky, scale: "n", width: 1.5, dash: [2, 2] }],
         axes: [{}, { label: "bikes, docks" }, { side: 1, scale: "n", label: "stations", grid: { show: false } }],
