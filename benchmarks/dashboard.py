@@ -181,7 +181,8 @@ def latency(args: argparse.Namespace) -> bool:
 
 
 def throughput_once(args: argparse.Namespace, clients: int) -> float:
-    env = {"AFFLUENT__STOCK__SPEED": "inf", "AFFLUENT__STOCK__START": "2020-01-01", "AFFLUENT__STOCK__STORES": "20"}
+    # the same input in both runs: one seed, one start
+    env = {"AFFLUENT__STOCK__SPEED": "inf", "AFFLUENT__STOCK__START": "2020-01-01", "AFFLUENT__STOCK__STORES": "20", "AFFLUENT__STOCK__SEED": "7"}
     up = Up(env)
     try:
         up.wait_ready()

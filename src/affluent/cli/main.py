@@ -133,9 +133,7 @@ def up(
         fail("no app could be started")
 
     def serve() -> Callable[[], None]:
-        server = _dashboard(s, host, port, offline=offline).start()
-        console.print(Text.assemble("dashboard: ", (server.url, "bold underline")), highlight=False)
-        return server.stop
+        return _dashboard(s, host, port, offline=offline).start().stop
 
     # one app's failure does not take the others down: it shows in the status table and the exit code
     run_pipelines(pipelines, duration_s=duration_s, quiet=quiet, fail_fast=False, serve=serve if web else None)
@@ -153,6 +151,7 @@ def _dashboard(s: Settings, host: str | None, port: int | None, *, offline: bool
         fail(exc)
     if not is_loopback(host):
         console.print(f"[yellow]the dashboard listens on {escape(host)}:[/] anyone who can reach it can read it (it is read-only)")
+    console.print(Text.assemble("dashboard: ", (server.url, "bold underline")), highlight=False)
     return server
 
 
@@ -164,9 +163,7 @@ def web(
 ) -> None:
     """Serve the dashboard alone, for apps running in other processes (`affluent run bikes`), until Ctrl+C."""
     s = settings()
-    server = _dashboard(s, host, port, offline=offline or s.offline)
-    console.print(Text.assemble("dashboard: ", (server.url, "bold underline")), highlight=False)
-    server.serve()
+    _dashboard(s, host, port, offline=offline or s.offline).serve()
 
 
 @app.command()

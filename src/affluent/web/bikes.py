@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, HTTPException, Query
 
-from affluent.analytics.base import DuckDBEngine, EmptyLakeError
+from affluent.analytics.base import DuckDBEngine
 from affluent.apps.bikes.pipeline import T_ALERTS
 from affluent.core.clock import now_ms
-from affluent.core.errors import AffluentError
 from affluent.core.records import Record
-from affluent.web.board import AlertFeed, Board, queries
+from affluent.web.board import AlertFeed, Board, from_lake, queries
 from affluent.web.live import Channel, KeyedRows
 from affluent.web.queries import Queries
 
@@ -76,8 +76,6 @@ def problem_bikes(q: Queries) -> list[dict[str, Any]]:
 
 
 def _json(v: Any) -> Any:
-    import orjson
-
     return orjson.loads(v) if isinstance(v, str) else v
 
 
@@ -110,18 +108,14 @@ def get_problems(q: Q) -> list[dict[str, Any]]:
 def get_day(q: Q, day: date, system_id: str | None = None) -> dict[str, Any]:
     from affluent.analytics.bikes import station_days
 
-    engine = DuckDBEngine(q.lake_root)
-    try:
-        found = station_days(engine, day, system_id=system_id, default_tz=q.settings.bikes.timezone)
-    except EmptyLakeError as exc:
-        return {"day": day.isoformat(), "stations": [], "note": f"{exc} (the lake is written every {q.settings.bikes.lake_commit_s:g} s)"}
-    except OverflowError as exc:  # a day at the edge of the calendar (0001-01-01, 9999-12-31)
-        raise HTTPException(422, f"day {day.isoformat()} is out of range") from exc
-    except AffluentError as exc:
-        raise HTTPException(503, str(exc)) from exc
-    finally:
-        engine.close()
-    return {"day": day.isoformat(), "stations": [{k: v for k, v in s.to_dict().items() if k != "hours"} for s in found], "note": None}
+    def answer(engine: DuckDBEngine) -> dict[str, Any]:
+        try:
+            found = station_days(engine, day, system_id=system_id, default_tz=q.settings.bikes.timezone)
+        except OverflowError as exc:  # a day at the edge of the calendar (0001-01-01, 9999-12-31)
+            raise HTTPException(422, f"day {day.isoformat()} is out of range") from exc
+        return {"day": day.isoformat(), "stations": [{k: v for k, v in s.to_dict().items() if k != "hours"} for s in found]}
+
+    return from_lake(q, answer, empty={"day": day.isoformat(), "stations": []}, commit_s=q.settings.bikes.lake_commit_s)
 
 
 def channels() -> list[Channel]:

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from affluent.core.records import Record
 from affluent.web.board import Board, queries
 from affluent.web.queries import Queries
 
@@ -75,17 +76,27 @@ def get_pipelines(q: Q) -> dict[str, dict[str, Any]]:
 
 @router.get("/alerts", summary="The latest alerts of all apps, newest first")
 def get_alerts(request: Request, q: Q, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:
-    items = []
-    for board in request.app.state.boards:
-        for feed in board.alerts:
-            items += [alert_item(board.app, feed.render, r) for r in q.tail(feed.topic, limit)]
-    items.sort(key=lambda i: i["time_ms"], reverse=True)
-    return items[:limit]
+    alerts: Alerts = request.app.state.alerts
+    return alerts.latest(q, limit)
 
 
-def alert_item(app: str, render: Any, r: Any) -> dict[str, Any]:
-    try:
-        shown = render(r)
-    except Exception as exc:  # a record of another shape (produced by hand, an older version): shown as such, never a failed page
-        shown = {"title": "an alert this version cannot read", "detail": f"{type(exc).__name__}: {exc}", "level": "info"}
-    return {"app": app, "time_ms": r.timestamp_ms, "id": f"{r.topic}/{r.partition}/{r.offset}", **shown}
+class Alerts:
+    """Every app's alert topics, and a record of any of them as one item of the alert feed."""
+
+    def __init__(self, boards: Sequence[Board]) -> None:
+        self._by_topic = {feed.topic: (b.app, feed.render) for b in boards for feed in b.alerts}
+        self.topics = sorted(self._by_topic)
+
+    def item(self, r: Record) -> dict[str, Any]:
+        app, render = self._by_topic[r.topic]
+        try:
+            shown = render(r)
+        except Exception as exc:  # a record of another shape (produced by hand, an older version): shown as such, never a failed page
+            shown = {"title": "an alert this version cannot read", "detail": f"{type(exc).__name__}: {exc}", "level": "info"}
+        return {"app": app, "time_ms": r.timestamp_ms, "id": f"{r.topic}/{r.partition}/{r.offset}", **shown}
+
+    def latest(self, q: Queries, limit: int) -> list[dict[str, Any]]:
+        """The last `limit` alerts of all apps, newest first."""
+        items = [self.item(r) for topic in self.topics for r in q.tail(topic, limit)]
+        items.sort(key=lambda i: i["time_ms"], reverse=True)
+        return items[:limit]

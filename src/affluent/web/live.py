@@ -171,6 +171,7 @@ class Hub:
     def __init__(self, queries: Queries, channels: Iterable[Channel], *, interval_s: float = 0.2) -> None:
         self.q = queries
         self.channels = {c.name: c for c in channels}
+        self.topics = sorted({t for c in self.channels.values() for t in c.topics()})
         self.interval_s = interval_s
         self.subscribers: set[Subscriber] = set()
         self._version = -2
@@ -182,8 +183,7 @@ class Hub:
     # -- polling (a worker thread reads; the loop applies and sends) ------------------------------------------
     def _changes(self) -> Changes:
         version = self.q.serving_version()
-        topics = sorted({t for c in self.channels.values() for t in c.topics()})
-        ends = self.q.ends(topics)
+        ends = self.q.ends(self.topics)
         moved = frozenset(t for t, e in ends.items() if self._ends.get(t) != e)
         changes = Changes(serving=version != self._version, topics=moved, first=self._first)
         self._version, self._ends, self._first = version, ends, False

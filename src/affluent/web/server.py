@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from pathlib import Path
@@ -52,16 +53,10 @@ def _page(title: str, page: str, script: str) -> str:
     return template.substitute(title=title, page=page, script=script)
 
 
-def _channels(bs: Sequence[Board]) -> list[Channel]:
-    by_topic = {feed.topic: (b.app, feed.render) for b in bs for feed in b.alerts}
-
-    def render(r: Any) -> dict[str, Any]:
-        app, fn = by_topic[r.topic]
-        return home.alert_item(app, fn, r)
-
+def _channels(bs: Sequence[Board], alerts: home.Alerts) -> list[Channel]:
     out: list[Channel] = [
         Computed("apps", lambda q: home.apps_state(q, bs)),
-        Feed("alerts", sorted(by_topic), render, keep=50),
+        Feed("alerts", alerts.topics, alerts.item, keep=50),
     ]
     for b in bs:
         out += b.channels()
@@ -76,7 +71,8 @@ def create_app(settings: Settings, log_: Log, *, offline: bool = False, host: st
     """
     bs = boards()
     queries = Queries(settings, log_)
-    hub = Hub(queries, _channels(bs), interval_s=settings.web.live_interval_s)
+    alerts = home.Alerts(bs)
+    hub = Hub(queries, _channels(bs, alerts), interval_s=settings.web.live_interval_s)
     tiles = None if offline or not settings.web.tiles_url else {"url": settings.web.tiles_url, "attribution": settings.web.tiles_attribution}
     # the tile server's origin, for the page's content policy ({s} subdomains become a wildcard)
     tile_origin = "" if tiles is None else "{0.scheme}://{0.netloc}".format(urlsplit(settings.web.tiles_url.replace("{s}", "*")))
@@ -102,6 +98,7 @@ def create_app(settings: Settings, log_: Log, *, offline: bool = False, host: st
     )
     app.state.queries = queries
     app.state.boards = bs
+    app.state.alerts = alerts
     app.state.hub = hub
     app.include_router(home.router)
     for b in bs:
@@ -215,11 +212,9 @@ class DashboardServer:
     def start(self, timeout_s: float = 10.0) -> DashboardServer:
         self._thread = threading.Thread(target=self.serve, name="dashboard", daemon=True)
         self._thread.start()
-        waited = threading.Event()
-        while not self.server.started and self._thread.is_alive() and not waited.wait(0.02):
-            timeout_s -= 0.02
-            if timeout_s <= 0:
-                break
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
         return self
 
     def stop(self) -> None:

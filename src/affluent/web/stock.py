@@ -6,11 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException
 
-from affluent.analytics.base import DuckDBEngine, EmptyLakeError
 from affluent.apps.stock.pipeline import ALERTS
 from affluent.core.errors import AffluentError
 from affluent.core.records import Record
-from affluent.web.board import AlertFeed, Board, queries
+from affluent.web.board import AlertFeed, Board, from_lake, queries
 from affluent.web.live import Channel, KeyedRows
 from affluent.web.queries import Queries
 
@@ -71,15 +70,12 @@ def get_answers(q: Q, since: str | None = None, until: str | None = None) -> dic
         raise HTTPException(422, str(exc)) from exc
     except (OverflowError, ValueError) as exc:  # a date at the edge of the calendar
         raise HTTPException(422, f"period {since!r} to {until!r} is out of range: {exc}") from exc
-    engine = DuckDBEngine(q.lake_root)
-    try:
-        return {**analyze_stock(engine.run, tz=tz, dialect=DUCKDB, since_ms=since_ms, until_ms=until_ms), "note": None}
-    except EmptyLakeError as exc:
-        return {"readings": 0, "note": f"{exc} (the lake is written every {q.settings.stock.lake_commit_s:g} s)"}
-    except AffluentError as exc:
-        raise HTTPException(503, str(exc)) from exc
-    finally:
-        engine.close()
+    return from_lake(
+        q,
+        lambda engine: analyze_stock(engine.run, tz=tz, dialect=DUCKDB, since_ms=since_ms, until_ms=until_ms),
+        empty={"readings": 0},
+        commit_s=q.settings.stock.lake_commit_s,
+    )
 
 
 def channels() -> list[Channel]:

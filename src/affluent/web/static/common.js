@@ -110,6 +110,21 @@ const A = (() => {
     };
   }
 
+  // the handler of the "alerts" channel for a list: newest first, 100 at most; `app` keeps one app's only
+  function alertFeed(list, app) {
+    const item = (i, fresh) => el("li", { class: (i.level || "info") + (fresh ? " new" : ""), "data-id": i.id },
+      el("div", null, app ? null : el("span", { class: "app" }, i.app), el("strong", null, i.title)),
+      el("div", { class: "detail" }, i.detail),
+      el("div", { class: "when" }, time(i.time_ms)));
+    return (kind, data) => {
+      if (kind === "snapshot") clear(list);
+      for (const i of data.items) if (!app || i.app === app) list.prepend(item(i, kind === "delta"));
+      while (list.children.length > 100) list.lastChild.remove();
+      if (!list.querySelector("li:not(.empty)")) clear(list, el("li", { class: "empty" }, "No alert yet."));
+      else list.querySelectorAll("li.empty").forEach((n) => n.remove());
+    };
+  }
+
   let configPromise = null;
   function config() {
     configPromise = configPromise || getJSON("/api/config");
@@ -231,7 +246,7 @@ const A = (() => {
     return el("dl", { class: "kv" }, pairs.flatMap(([k, v]) => [el("dt", null, k), el("dd", null, v)]));
   }
 
-  return { PALETTE, el, clear, num, time, ago, getJSON, Keyed, live, appNotice, config, nav, map, legend, chart, bars, table, dl };
+  return { PALETTE, el, clear, num, time, ago, getJSON, Keyed, live, appNotice, alertFeed, config, nav, map, legend, chart, bars, table, dl };
 })();
 
 A.nav().catch((e) => console.warn("navigation: " + e));

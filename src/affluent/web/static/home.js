@@ -28,21 +28,8 @@
       ]));
   }
 
-  function item(i, fresh) {
-    return el("li", { class: (i.level || "info") + (fresh ? " new" : ""), "data-id": i.id },
-      el("div", null, el("span", { class: "app" }, i.app), el("strong", null, i.title)),
-      el("div", { class: "detail" }, i.detail),
-      el("div", { class: "when" }, time(i.time_ms)));
-  }
-
   A.live({
     apps: (kind, data) => clear(apps, (data || []).map(card)),
-    alerts: (kind, data) => {
-      if (kind === "snapshot") clear(feed);
-      for (const i of data.items) feed.prepend(item(i, kind === "delta"));
-      while (feed.children.length > 100) feed.lastChild.remove();
-      if (!feed.children.length) feed.append(el("li", { class: "empty" }, "No alert yet."));
-      else feed.querySelectorAll("li.empty").forEach((n) => n.remove());
-    },
+    alerts: A.alertFeed(feed),
   });
 })();

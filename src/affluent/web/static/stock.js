@@ -89,11 +89,6 @@
     ], rows) : el("p", { class: "empty" }, "No open request: every shelf is stocked."));
   }
 
-  function alertItem(i, fresh) {
-    return el("li", { class: (i.level || "info") + (fresh ? " new" : ""), "data-id": i.id },
-      el("strong", null, i.title), el("div", { class: "detail" }, i.detail), el("div", { class: "when" }, time(i.time_ms)));
-  }
-
   async function loadAnswers() {
     const params = new URLSearchParams();
     if (since.value) params.set("since", since.value);
@@ -144,13 +139,7 @@
       const k = new A.Keyed((rows) => drawRequests(rows.sort((a, b) => (b.high_priority - a.high_priority) || (b.missing_quantity - a.missing_quantity))));
       return (kind, data) => k.apply(kind, data);
     })(),
-    alerts: (kind, data) => {
-      if (kind === "snapshot") clear(feed);
-      for (const i of data.items) if (i.app === "stock") feed.prepend(alertItem(i, kind === "delta"));
-      while (feed.children.length > 100) feed.lastChild.remove();
-      if (!feed.querySelector("li:not(.empty)")) clear(feed, el("li", { class: "empty" }, "No alert yet."));
-      else feed.querySelectorAll("li.empty").forEach((n) => n.remove());
-    },
+    alerts: A.alertFeed(feed, "stock"),
   });
   preset(7)();
 })();
