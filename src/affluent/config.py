@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 
@@ -82,9 +82,32 @@ class WebSettings(BaseModel):
     live_interval_s: float = 0.2
 
 
-class FranceTravailSettings(BaseModel):
-    client_id: str | None = None
-    client_secret: SecretStr | None = None
+class JobsSettings(BaseModel):
+    #: the OAuth2 token endpoint (realm /partenaire) and the Offres d'emploi API base: a mirror or a test server may stand in
+    token_url: str = "https://entreprise.francetravail.fr/connexion/oauth2/access_token?realm=%2Fpartenaire"
+    api_url: str = "https://api.francetravail.io/partenaire/offresdemploi"
+    #: requests per second, token requests included (0: no limit); the API allows a few per application
+    rate_per_s: float = 3.0
+    timeout_s: float = 30.0
+    #: on a first start, the backfill begins this many hours ago (`affluent run jobs --since` sets a date)
+    since_hours: float = 24.0
+    #: once backfilled, a new search every interval_s, overlapping the last one by overlap_s (the index lags creation)
+    interval_s: float = 60.0
+    overlap_s: float = 300.0
+    #: at startup, how long to wait for a token before replaying the bundled recording instead
+    probe_timeout_s: float = 10.0
+    #: replay the bundled recording when the API cannot be reached or refuses the credentials at startup
+    fallback_to_recording: bool = True
+    #: pace of the recording when replayed: 1 = real pace, N = N times faster
+    replay_speed: float = 1.0
+    #: the referentials fetched from the API are kept in the data folder and fetched again after this many days
+    referentials_max_age_days: float = 7.0
+    #: how long after its creation an offer's versions are remembered (updates are seen within the poll overlap)
+    state_days: float = 8.0
+    #: days of offers and counts the serving store keeps (the lake keeps everything)
+    serving_days: float = 31.0
+    #: the lake pipeline commits (writes Parquet files) this often
+    lake_commit_s: float = 30.0
 
 
 class Settings(BaseSettings):
@@ -107,7 +130,10 @@ class Settings(BaseSettings):
     stock: StockSettings = Field(default_factory=StockSettings)
     bikes: BikesSettings = Field(default_factory=BikesSettings)
     web: WebSettings = Field(default_factory=WebSettings)
-    france_travail: FranceTravailSettings = Field(default_factory=FranceTravailSettings)
+    jobs: JobsSettings = Field(default_factory=JobsSettings)
+    #: France Travail API credentials (francetravail.io, an application with access to "Offres d'emploi v2")
+    france_travail_client_id: str | None = Field(None, validation_alias=AliasChoices("france_travail_client_id", "FRANCE_TRAVAIL_CLIENT_ID"))
+    france_travail_client_secret: SecretStr | None = Field(None, validation_alias=AliasChoices("france_travail_client_secret", "FRANCE_TRAVAIL_CLIENT_SECRET"))
 
     @property
     def max_event_ahead_ms(self) -> int:

@@ -13,6 +13,7 @@ from types import ModuleType
 APPS: dict[str, str] = {
     "stock": "affluent.apps.stock",
     "bikes": "affluent.apps.bikes",
+    "jobs": "affluent.apps.jobs",
 }
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Group, RenderableType
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table as RichTable
@@ -62,6 +63,7 @@ def run_pipelines(
     quiet: bool = False,
     fail_fast: bool = True,
     serve: Callable[[], Callable[[], None]] | None = None,
+    progress: Callable[[], RenderableType | None] | None = None,
 ) -> None:
     """Run pipelines in this process, with a live status table, until Ctrl+C or `duration_s`.
 
@@ -69,6 +71,7 @@ def run_pipelines(
     task that dies stops them all; otherwise the others go on. The exit code is 1 when one died.
     serve: called once the pipelines are claimed (a second start is refused before it), it starts
     something beside them (the dashboard) and returns how to stop it.
+    progress: what to show under the table (a backfill's progress bar), or None.
     """
     try:
         log = open_configured_log()
@@ -85,7 +88,7 @@ def run_pipelines(
         raise
     try:
         if not rt.errors:  # refused: nothing runs, there is no table to show
-            _run(rt, duration_s=duration_s, quiet=quiet)
+            _run(rt, duration_s=duration_s, quiet=quiet, progress=progress)
     finally:
         if stop_serving is not None:
             stop_serving()
@@ -96,13 +99,18 @@ def run_pipelines(
         raise typer.Exit(1)
 
 
-def _run(rt: Runtime, *, duration_s: float | None, quiet: bool) -> None:
+def _run(rt: Runtime, *, duration_s: float | None, quiet: bool, progress: Callable[[], RenderableType | None] | None = None) -> None:
     started = time.monotonic()
+
+    def view(r: Runtime) -> RenderableType:
+        extra = progress() if progress is not None else None
+        return _status_table(r, started) if extra is None else Group(_status_table(r, started), extra)
+
     if quiet:
         rt.run(timeout_s=duration_s)
     else:
-        with Live(_status_table(rt, started), console=console, refresh_per_second=2) as live:
-            rt.run(timeout_s=duration_s, on_tick=lambda r: live.update(_status_table(r, started)))
+        with Live(view(rt), console=console, refresh_per_second=2) as live:
+            rt.run(timeout_s=duration_s, on_tick=lambda r: live.update(view(r)))
 
 
 @app.command()

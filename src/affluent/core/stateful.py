@@ -591,26 +591,55 @@ class KeyedStep(Node):
     input offsets. `step` must not change the state it is given in place: it returns a new state,
     the same object when nothing changed, or None to forget the key. A step that raises
     dead-letters the record and leaves the key's state as it was. Outputs are keyed by the key.
+
+    ttl_ms: a key's state is forgotten `ttl_ms` of event time after its last record, and a record
+    already that far behind the newest one seen is late (counted, not stepped): its key's state may
+    be gone, and stepping it from nothing would undo what was done.
+    coalesce: of a batch's outputs, emit only each key's last one (for running values, such as a
+    count: the last is the whole answer, and the others would only repeat it).
     """
 
     kind = "stateful"
     stateful = True
 
-    def __init__(self, name: str, key: Fn, step: Step) -> None:
+    def __init__(self, name: str, key: Fn, step: Step, *, ttl_ms: int | None = None, coalesce: bool = False) -> None:
         super().__init__(name)
         self.key_fn = key
         self.step = step
+        self.ttl_ms = ttl_ms
+        self.coalesce = coalesce
         # keyed by the step's own key: one state for every input partition, kept under partition 0
         self.states: dict[Any, Any] = {}
         self.dirty: set[Any] = set()
+        #: with a ttl: key -> event time after which it is forgotten; the newest event time seen
+        self.expires: dict[Any, int] = {}
+        self.wm = MIN_TIME
+        self._sweep_at = MIN_TIME
 
     def open_partition(self, partition: int, state: dict[bytes, bytes], now_wall_ms: int) -> None:
-        if partition == 0:
-            self.states = {_hashable(orjson.loads(k)): orjson.loads(v) for k, v in state.items()}
-            self.dirty = set()
+        if partition != 0:
+            return
+        self.states, self.expires, self.dirty = {}, {}, set()
+        for k, v in state.items():
+            if k == _WM_KEY:
+                self.wm = orjson.loads(v)
+                continue
+            key, value = _hashable(orjson.loads(k)), orjson.loads(v)
+            if self.ttl_ms is None:
+                self.states[key] = value
+            else:
+                self.states[key], self.expires[key] = value
+        self._sweep_at = self.wm
 
     def state_changes(self) -> list[StateChange]:
-        out = [StateChange(self.store, 0, orjson.dumps(k), None if self.states.get(k) is None else orjson.dumps(self.states[k])) for k in self.dirty]
+        out = []
+        for k in self.dirty:
+            v = self.states.get(k)
+            if v is not None and self.ttl_ms is not None:
+                v = [v, self.expires[k]]
+            out.append(StateChange(self.store, 0, orjson.dumps(k), None if v is None else orjson.dumps(v)))
+        if self.dirty and self.ttl_ms is not None:
+            out.append(StateChange(self.store, 0, _WM_KEY, orjson.dumps(self.wm)))
         self.dirty.clear()
         return out
 
@@ -618,13 +647,21 @@ class KeyedStep(Node):
         return self.states.get(_hashable(key))
 
     def process(self, batch: Batch, ctx: TaskContext) -> None:
-        states, dirty = self.states, self.dirty
-        step, key_fn = self.step, self.key_fn
+        states, dirty, expires = self.states, self.dirty, self.expires
+        step, key_fn, ttl = self.step, self.key_fn, self.ttl_ms
         keys: list[Any] = []
         values: list[Any] = []
         times: list[int] = []
         offsets: list[int] = []
+        latest: dict[Any, tuple[Any, int, int]] = {}
+        late = 0
         for v, t, o in zip(batch.values, batch.timestamps, batch.offsets, strict=True):
+            if ttl is not None:
+                if t + ttl <= self.wm:
+                    late += 1
+                    continue
+                if t > self.wm:
+                    self.wm = t
             try:
                 k = _hashable(key_fn(v))
                 old = states.get(k)
@@ -635,15 +672,42 @@ class KeyedStep(Node):
             if new is not old:
                 if new is None:
                     states.pop(k, None)
+                    expires.pop(k, None)
                 else:
                     states[k] = new
                 dirty.add(k)
+            if ttl is not None and new is not None and t + ttl > expires.get(k, MIN_TIME):
+                expires[k] = t + ttl
+                dirty.add(k)
+            if self.coalesce:
+                if outs:
+                    latest.pop(k, None)  # re-inserted: keys come out in the order of their last output
+                    latest[k] = (outs[-1], t, o)
+                continue
             for out in outs:
                 keys.append(k)
                 values.append(out)
                 times.append(t)
                 offsets.append(o)
+        for k, (out, t, o) in latest.items():
+            keys.append(k)
+            values.append(out)
+            times.append(t)
+            offsets.append(o)
+        if late:
+            ctx.count_late(self.name, late)
+        if ttl is not None and self.wm >= self._sweep_at:
+            self._forget()
         self.emit(Batch(keys, values, times, offsets), ctx)
+
+    def _forget(self) -> None:
+        """Drop the states whose time is up; looked at again after another tenth of the ttl."""
+        assert self.ttl_ms is not None
+        for k in [k for k, x in self.expires.items() if x <= self.wm]:
+            del self.expires[k]
+            self.states.pop(k, None)
+            self.dirty.add(k)
+        self._sweep_at = self.wm + max(1, self.ttl_ms // 10)
 
 
 class Table:

@@ -171,6 +171,7 @@ class ServingSink(Sink):
     key. row: record -> dict (default: the value), or None to skip the record.
     retain_ms with time_column: at each flush, delete rows whose `time_column` is older than the
     newest one's by more than retain_ms (for tables of things that vanish, like rented bikes).
+    indexes: column lists to index, for the pages' queries (the key is indexed already).
     """
 
     def __init__(
@@ -184,6 +185,7 @@ class ServingSink(Sink):
         name: str | None = None,
         retain_ms: int | None = None,
         time_column: str | None = None,
+        indexes: Sequence[Sequence[str]] = (),
     ) -> None:
         for ident in (table, *columns):
             if not _NAME.match(ident):
@@ -196,6 +198,10 @@ class ServingSink(Sink):
             raise ConfigError(f"serving table {table!r}: key columns {missing or '(none)'} are not among its columns")
         if (retain_ms is None) != (time_column is None) or (time_column is not None and time_column not in columns):
             raise ConfigError(f"serving table {table!r}: retain_ms needs a time_column among the columns")
+        unknown = [c for ix in indexes for c in ix if c not in columns]
+        if unknown:
+            raise ConfigError(f"serving table {table!r}: index columns {unknown} are not among its columns")
+        self.indexes = [tuple(ix) for ix in indexes]
         self.path = Path(path)
         self.table = table
         self.key_columns = tuple(key_columns)
@@ -264,6 +270,9 @@ class ServingSink(Sink):
                     con.execute(f'ALTER TABLE "{t}" ADD COLUMN "{c}" {COLUMN_TYPES[ty]}')
             if self.time_column is not None:  # retention looks up the newest time at each flush
                 con.execute(f'CREATE INDEX IF NOT EXISTS "{t}__{self.time_column}" ON "{t}" ("{self.time_column}")')
+            for ix in self.indexes:
+                cols = ", ".join(f'"{c}"' for c in ix)
+                con.execute(f'CREATE INDEX IF NOT EXISTS "{t}__{"__".join(ix)}" ON "{t}" ({cols})')
 
     @contextlib.contextmanager
     def _faults(self, doing: str) -> Iterator[None]:

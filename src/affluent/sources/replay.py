@@ -9,8 +9,12 @@ This is how apps run offline and how tests stay deterministic. A recording is JS
 
 from __future__ import annotations
 
+import gzip
 import math
 import os
+import shutil
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,6 +26,24 @@ from affluent.core.records import Record
 from affluent.core.sources import Source, SourcePoll
 
 FORMAT_VERSION = 1
+
+
+def unpack_recording(packed: Traversable, data_dir: str | os.PathLike[str]) -> Path:
+    """A gzipped recording shipped in a package, unpacked once into `data_dir`/recordings (replays read plain lines)."""
+    name = packed.name.removesuffix(".gz")
+    target = Path(data_dir) / "recordings" / name
+    stamp = target.with_suffix(".source")
+    with resources.as_file(packed) as src:
+        mark = f"{src.stat().st_size}:{src.stat().st_mtime_ns}"
+        if target.exists() and stamp.exists() and stamp.read_text() == mark:
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
+        with gzip.open(src, "rb") as fin, tmp.open("wb") as fout:
+            shutil.copyfileobj(fin, fout)
+        os.replace(tmp, target)
+        stamp.write_text(mark)
+    return target
 
 
 class RecordingSource(Source):

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import gzip
 import logging
-import os
-import shutil
 from importlib import resources
 from pathlib import Path
 
@@ -18,6 +15,7 @@ from affluent.core.errors import AffluentError, ConfigError
 from affluent.core.pipeline import Pipeline
 from affluent.core.sources import Source
 from affluent.sources.gbfs import GBFSReplaySource, GBFSSource, parse_discovery, parse_document
+from affluent.sources.replay import unpack_recording
 
 log = logging.getLogger("affluent.apps.bikes")
 
@@ -26,21 +24,8 @@ RECORDING = "velozef-brest.recording.jsonl"
 
 
 def recording_path(data_dir: Path) -> Path:
-    """The bundled recording, unpacked once into `data_dir` (it ships gzipped; replays read plain JSON lines)."""
-    packed = resources.files("affluent.apps.bikes") / "data" / f"{RECORDING}.gz"
-    target = Path(data_dir) / "recordings" / RECORDING
-    stamp = target.with_suffix(".source")
-    with resources.as_file(packed) as src:
-        mark = f"{src.stat().st_size}:{src.stat().st_mtime_ns}"
-        if target.exists() and stamp.exists() and stamp.read_text() == mark:
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{RECORDING}.{os.getpid()}.tmp")
-        with gzip.open(src, "rb") as fin, tmp.open("wb") as fout:
-            shutil.copyfileobj(fin, fout)
-        os.replace(tmp, target)
-        stamp.write_text(mark)
-    return target
+    """The bundled recording, unpacked once into `data_dir`."""
+    return unpack_recording(resources.files("affluent.apps.bikes") / "data" / f"{RECORDING}.gz", data_dir)
 
 
 def resolve_feed(feed: str, data_dir: Path | None = None) -> tuple[str, str | None]:

@@ -1,0 +1,281 @@
+"""Every France Travail offer, exactly once: a backfill from `since`, then incremental polls.
+
+The source walks creation-date windows in time order. A window is searched with `minCreationDate` /
+`maxCreationDate` (whole seconds, `sort=1`), one page of 150 per poll. When page 0 says more match than
+`range` can reach (3,150), the window is split: in equal parts sized from the total, down to windows of
+one second (sent as `[t, t+1]`, which covers second `t` whether the API's bounds are inclusive or not);
+a second that still holds more is split by département. Only offers of such a second that name no
+département, or more than 3,150 in one département and second, are out of reach: they are counted
+(`affluent_france_travail_unreachable_total`) and logged.
+
+The position saved with each poll's records holds the cursor (every offer created before it is
+captured), the windows still to fetch and the next page: a restart resumes at that page, so nothing
+is skipped, and the pipeline drops what comes twice (an offer is keyed by id and versioned by
+`dateActualisation`). Once the backfill is done, a window `[cursor - overlap, now]` is searched every
+`interval_s`: the overlap catches offers the API indexes some minutes after their creation.
+
+Faults heal on their own: the poll raises `SourceUnavailableError` with the wait before the next try
+(a 429's Retry-After exactly; 5xx, timeouts, HTML and truncated bodies 1 s, 2 s, 4 s… with jitter, up
+to `max_backoff_s`), and the next poll goes on from the same page.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from affluent.core.clock import now_ms
+from affluent.core.errors import SourceUnavailableError
+from affluent.core.metrics import METRICS, Metrics
+from affluent.core.records import Record
+from affluent.core.sources import Source, SourcePoll
+from affluent.sources.france_travail.client import REACHABLE, FranceTravailClient
+from affluent.sources.france_travail.offers import offer_time_ms, parse_api_time_ms
+from affluent.sources.replay import ReplaySource
+
+log = logging.getLogger("affluent.sources.france_travail")
+
+#: a window is split in parts expected to hold this many offers each (well under REACHABLE, as offers bunch)
+SPLIT_TARGET = 2000
+MAX_PARTS = 64
+
+
+def api_time(s: int) -> str:
+    """Epoch seconds -> the API's `yyyy-MM-dd'T'HH:mm:ss'Z'`."""
+    return datetime.fromtimestamp(s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class FranceTravailSource(Source):
+    """Polls /v2/offres/search; emits each raw offer (key: its id, event time: its creation).
+
+    since_ms: the backfill start on a first run (a stored position wins: a restart resumes).
+    departements: the codes a one-second window is split by (the referentials' départements).
+    first_backoff_s: the wait after a first failure without Retry-After; it doubles at each next one.
+    """
+
+    mode = "live"
+
+    def __init__(
+        self,
+        client: FranceTravailClient,
+        *,
+        since_ms: int,
+        departements: Iterable[str],
+        interval_s: float = 60.0,
+        overlap_s: float = 300.0,
+        first_backoff_s: float = 1.0,
+        max_backoff_s: float = 300.0,
+        name: str = "france-travail",
+        metrics: Metrics | None = None,
+        clock_ms: Callable[[], int] = now_ms,
+    ) -> None:
+        self.client = client
+        self.name = name
+        self.since_s = since_ms // 1000
+        self.departements = sorted(departements)
+        self.interval_s = interval_s
+        self.overlap_s = int(overlap_s)
+        self.first_backoff_s = first_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.metrics = metrics or METRICS
+        self.clock_ms = clock_ms
+        # the position
+        self.cursor_s = self.since_s
+        self.plan: list[list[Any]] = []
+        self.next = 0
+        self.backfilled = False
+        self.backfill_end_s: int | None = None
+        # this run's progress, for the CLI's progress bar
+        self.windows_done = 0
+        self.windows_planned = 0
+        self.offers = 0
+        self.started = time.monotonic()
+        self.failures = 0
+        self.error: str | None = None
+        #: id -> (dateActualisation, created ms) of offers emitted lately: overlapping windows re-send them
+        self._sent: dict[str, tuple[Any, int]] = {}
+
+    # -- position ------------------------------------------------------------------------------------------
+    def open(self, position: Any | None) -> None:
+        if position:
+            self.cursor_s = int(position["cursor_s"])
+            self.plan = [list(w) for w in position.get("plan", [])]
+            self.next = int(position.get("next", 0))
+            self.backfilled = bool(position.get("backfilled"))
+            self.backfill_end_s = position.get("backfill_end_s")
+            log.info("source %s: resuming at %s (%d windows to fetch)", self.name, api_time(self.cursor_s), len(self.plan))
+        self.windows_planned = len(self.plan)
+
+    def _position(self) -> dict[str, Any]:
+        return {"cursor_s": self.cursor_s, "plan": self.plan, "next": self.next, "backfilled": self.backfilled, "backfill_end_s": self.backfill_end_s}
+
+    @property
+    def backfill_progress(self) -> float:
+        """How much of the backfill's time span is done, 0..1."""
+        if self.backfilled:
+            return 1.0
+        end = self.backfill_end_s or self.clock_ms() // 1000
+        span = max(1, end - self.since_s)
+        return min(1.0, max(0.0, (self.cursor_s - self.since_s) / span))
+
+    def describe(self) -> str:
+        return f"France Travail API {self.client.api_url}"
+
+    # -- polling -----------------------------------------------------------------------------------------------
+    def poll(self) -> SourcePoll:
+        now_s = self.clock_ms() // 1000
+        if not self.plan:
+            due = self.cursor_s + self.interval_s
+            if self.backfilled and now_s < due:
+                return SourcePoll(wait_s=due - now_s, position=self._position())
+            start = self.cursor_s - self.overlap_s if self.backfilled else self.cursor_s
+            end = max(now_s, start + 1)
+            if not self.backfilled:
+                self.backfill_end_s = end
+            self.plan = [[start, end, None, False]]
+            self.next = 0
+            self.windows_planned += 1
+        window = self.plan[0]
+        try:
+            page = self.client.search(self._params(window), self.next)
+        except SourceUnavailableError as exc:
+            raise self._failed(exc) from exc
+        if self.failures:
+            log.warning("source %s: the API answers again after %d failed attempts", self.name, self.failures)
+            self.failures, self.error = 0, None
+        if self.next == 0 and page.total > REACHABLE and not window[3]:
+            self._split(window, page.total)
+            return SourcePoll(position=self._position())
+        records = self._records(page.offers)
+        self.next = page.last + 1
+        if not page.more or not page.offers or self.next >= REACHABLE:
+            self._window_done()
+        wait = 0.0
+        if not self.plan and self.backfilled:
+            wait = max(0.0, self.cursor_s + self.interval_s - self.clock_ms() / 1000)
+        return SourcePoll(records=records, wait_s=wait, position=self._position())
+
+    def _params(self, window: list[Any]) -> dict[str, str]:
+        params = {"minCreationDate": api_time(window[0]), "maxCreationDate": api_time(window[1]), "sort": "1"}
+        if window[2]:
+            params["departement"] = window[2]
+        return params
+
+    def _records(self, offers: list[Any]) -> list[Record]:
+        out = []
+        sent = self._sent
+        for o in offers:
+            oid = o.get("id") if isinstance(o, dict) else None
+            if isinstance(oid, str):
+                version = o.get("dateActualisation")
+                if oid in sent and sent[oid][0] == version:
+                    continue  # the same version, seen again through an overlapping window
+                sent[oid] = (version, offer_time_ms(o))
+            out.append(Record(value=o, key=oid if isinstance(oid, str) else None, timestamp_ms=offer_time_ms(o)))
+        self.offers += len(out)
+        self.metrics.inc("affluent_france_travail_offers_total", len(offers), source=self.name)
+        return out
+
+    def _split(self, window: list[Any], total: int) -> None:
+        start, end, dept, _ = window
+        if dept is None and end - start > 1:
+            parts = min(max(2, math.ceil(total / SPLIT_TARGET)), MAX_PARTS, end - start)
+            bounds = [start + (end - start) * i // parts for i in range(parts + 1)]
+            subs = [[bounds[i], bounds[i + 1], None, False] for i in range(parts)]
+        elif dept is None:
+            log.warning(
+                "source %s: %d offers created in the second %s: searched département by département (offers naming none are out of reach)",
+                self.name,
+                total,
+                api_time(start),
+            )
+            subs = [[start, end, d, False] for d in self.departements]
+        else:
+            lost = total - REACHABLE
+            log.error(
+                "source %s: %d offers created in %s in département %s: the API reaches 3150, %d are out of reach", self.name, total, api_time(start), dept, lost
+            )
+            self.metrics.inc("affluent_france_travail_unreachable_total", lost, source=self.name)
+            subs = [[start, end, dept, True]]
+        self.plan[0:1] = subs
+        self.windows_planned += len(subs) - 1
+        self.next = 0
+
+    def _window_done(self) -> None:
+        done = self.plan.pop(0)
+        self.next = 0
+        self.windows_done += 1
+        if self.plan:
+            self.cursor_s = max(self.cursor_s, min(w[0] for w in self.plan))
+            return
+        self.cursor_s = max(self.cursor_s, done[1])
+        if not self.backfilled:
+            self.backfilled = True
+            log.info(
+                "source %s: backfill done up to %s (%d windows, %d offers): polling every %g s",
+                self.name,
+                api_time(self.cursor_s),
+                self.windows_done,
+                self.offers,
+                self.interval_s,
+            )
+        horizon = (self.cursor_s - self.overlap_s - 3600) * 1000
+        if len(self._sent) > 10_000:
+            self._sent = {k: v for k, v in self._sent.items() if v[1] >= horizon}
+
+    def _failed(self, exc: SourceUnavailableError) -> SourceUnavailableError:
+        """The same error, with the wait before the next try: a server's Retry-After, else backoff with jitter."""
+        self.failures += 1
+        wait = exc.retry_after_s
+        if wait is None:
+            wait = min(self.max_backoff_s, self.first_backoff_s * 2.0 ** min(self.failures - 1, 20)) * random.uniform(0.5, 1.5)
+        wait = min(max(wait, self.first_backoff_s), self.max_backoff_s)
+        self.error = str(exc)
+        self.metrics.inc("affluent_france_travail_errors_total", source=self.name, kind=type(exc).__name__)
+        return type(exc)(f"{exc} (attempt {self.failures}; the backfill goes on from the same page)", retry_after_s=wait)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class FranceTravailReplaySource(ReplaySource):
+    """Plays back a recording of `FranceTravailSource`, moving each offer's dates along with its event time.
+
+    Looped, each round's offers are new ones: their ids get the round's number (`204BRZQ~2`).
+    """
+
+    def open(self, position: Any | None) -> None:
+        super().open(position)
+        if self.shift_to_now and self.polls and "shift_ms" not in (position or {}):
+            # a backfill's first page holds the oldest offers: the recording's clock, not its first offer, becomes now
+            self.shift_ms = now_ms() - self.polls[0][0]
+
+    def describe(self) -> str:
+        pace = "as fast as possible" if math.isinf(self.speed) else f"{self.speed:g}x"
+        return f"OFFLINE replay of the recording {self.path.name} ({pace}, times moved to now), not live data"
+
+    def poll(self) -> SourcePoll:
+        result = super().poll()
+        shift, round_ = self.shift_ms, self.loops
+        if (shift or round_) and result.records:
+            for r in result.records:
+                v = r.value
+                if isinstance(v, dict):
+                    v = {**v, **{f: _shifted(v[f], shift) for f in ("dateCreation", "dateActualisation") if f in v}}
+                    if round_ and isinstance(v.get("id"), str):
+                        v["id"] = r.key = f"{v['id']}~{round_ + 1}"
+                    r.value = v
+        return result
+
+
+def _shifted(value: Any, shift_ms: int) -> Any:
+    ms = parse_api_time_ms(value)
+    if ms is None:
+        return value  # a malformed date stays malformed: the pipeline dead-letters it
+    dt = datetime.fromtimestamp((ms + shift_ms) / 1000, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
