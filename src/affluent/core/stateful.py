@@ -665,6 +665,11 @@ class KeyedStep(Node):
             try:
                 k = _hashable(key_fn(v))
                 old = states.get(k)
+                if old is not None and ttl is not None and expires.get(k, MAX_TIME) <= self.wm:
+                    old = None  # its time is up, swept or not: the same answer however the log is batched
+                    states.pop(k)
+                    expires.pop(k, None)
+                    dirty.add(k)
                 new, outs = step(old, v, t)
             except Exception as exc:
                 ctx.dead_letter(self.name, v, o, exc, timestamp_ms=t)

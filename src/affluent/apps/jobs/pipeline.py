@@ -152,7 +152,8 @@ def build_pipelines(
         return normalize_offer(raw, referentials)
 
     p = Pipeline("jobs", poll_interval_ms=250, max_event_ahead_ms=max_event_ahead_ms)
-    raw = p.source(source, topic=T_RAW, config=TopicConfig(retention_ms=7 * DAY_MS))
+    # the raw offers are big; the lake keeps every version, normalised, for ever
+    raw = p.source(source, topic=T_RAW, config=TopicConfig(retention_ms=3 * DAY_MS))
     versions = raw.map(normalize, name="normalize").stateful(version_step, key=lambda o: o["offer_id"], name="versions", ttl_ms=state_ttl_ms)
     versions.to_topic(T_OFFERS)
     versions.to_sink(

@@ -122,6 +122,7 @@ class FranceTravailClient:
 
     The token is cached and renewed when four fifths of its life have passed (the API gives about 25
     minutes), and again on any 401. `rate_per_s` (default 3) spaces requests, token ones included.
+    `reachable`: how far `range` may go (3,150 results today; older API versions stopped at 1,150).
     """
 
     def __init__(
@@ -133,6 +134,7 @@ class FranceTravailClient:
         api_url: str = API_URL,
         rate_per_s: float = 3.0,
         timeout_s: float = 30.0,
+        reachable: int = REACHABLE,
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -147,6 +149,7 @@ class FranceTravailClient:
         self.bucket = TokenBucket(rate_per_s, clock=clock, sleep=sleep)
         self.http = httpx.Client(timeout=timeout_s, transport=transport, headers={"Accept": "application/json"}, follow_redirects=True)
         self.timeout_s = timeout_s
+        self.reachable = reachable
         self._token: str | None = None
         self._renew_at = 0.0
         self.requests = 0
@@ -238,7 +241,7 @@ class FranceTravailClient:
 
     def search(self, params: Mapping[str, str], first: int) -> Page:
         """One page of /v2/offres/search from index `first` (206: more, 200: the last, 204: none)."""
-        last = min(first + PAGE_SIZE, REACHABLE) - 1
+        last = min(first + PAGE_SIZE, self.reachable) - 1
         resp = self.get("/v2/offres/search", {**params, "range": f"{first}-{last}"})
         if resp.status_code == 204:
             return Page([], first, first - 1, 0)

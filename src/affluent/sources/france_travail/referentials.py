@@ -86,6 +86,9 @@ class Referentials:
             items = fetch(name)
             if items:
                 data[name] = items
+        if data.get("communes") is not self.data.get("communes"):
+            # the city of each arrondissement is ours (the API may not say it): kept across a refresh
+            data["communes"] = [{**c, "commune": self.city_of[c["code"]]} if c.get("code") in self.city_of else c for c in data["communes"]]
         data["_meta"] = {**(self.data.get("_meta") or {}), "refreshed_from": "the France Travail API"}
         return Referentials(data, "the France Travail API")
 

@@ -5,8 +5,8 @@ The source walks creation-date windows in time order. A window is searched with 
 `range` can reach (3,150), the window is split: in equal parts sized from the total, down to windows of
 one second (sent as `[t, t+1]`, which covers second `t` whether the API's bounds are inclusive or not);
 a second that still holds more is split by département. Only offers of such a second that name no
-département, or more than 3,150 in one département and second, are out of reach: they are counted
-(`affluent_france_travail_unreachable_total`) and logged.
+département, or more than 3,150 in one département and second, are out of reach: such windows are
+logged and counted (`affluent_france_travail_capped_windows_total`).
 
 The position saved with each poll's records holds the cursor (every offer created before it is
 captured), the windows still to fetch and the next page: a restart resumes at that page, so nothing
@@ -34,13 +34,13 @@ from affluent.core.errors import SourceUnavailableError
 from affluent.core.metrics import METRICS, Metrics
 from affluent.core.records import Record
 from affluent.core.sources import Source, SourcePoll
-from affluent.sources.france_travail.client import REACHABLE, FranceTravailClient
+from affluent.sources.france_travail.client import FranceTravailClient
 from affluent.sources.france_travail.offers import offer_time_ms, parse_api_time_ms
 from affluent.sources.replay import ReplaySource
 
 log = logging.getLogger("affluent.sources.france_travail")
 
-#: a window is split in parts expected to hold this many offers each (well under REACHABLE, as offers bunch)
+#: a window is split in parts expected to hold this many offers each (well under the 3,150 reachable, as offers bunch)
 SPLIT_TARGET = 2000
 MAX_PARTS = 64
 
@@ -108,11 +108,19 @@ class FranceTravailSource(Source):
             self.next = int(position.get("next", 0))
             self.backfilled = bool(position.get("backfilled"))
             self.backfill_end_s = position.get("backfill_end_s")
+            self.since_s = int(position.get("since_s", self.since_s))
             log.info("source %s: resuming at %s (%d windows to fetch)", self.name, api_time(self.cursor_s), len(self.plan))
         self.windows_planned = len(self.plan)
 
     def _position(self) -> dict[str, Any]:
-        return {"cursor_s": self.cursor_s, "plan": self.plan, "next": self.next, "backfilled": self.backfilled, "backfill_end_s": self.backfill_end_s}
+        return {
+            "cursor_s": self.cursor_s,
+            "plan": self.plan,
+            "next": self.next,
+            "backfilled": self.backfilled,
+            "since_s": self.since_s,
+            "backfill_end_s": self.backfill_end_s,
+        }
 
     @property
     def backfill_progress(self) -> float:
@@ -148,12 +156,12 @@ class FranceTravailSource(Source):
         if self.failures:
             log.warning("source %s: the API answers again after %d failed attempts", self.name, self.failures)
             self.failures, self.error = 0, None
-        if self.next == 0 and page.total > REACHABLE and not window[3]:
+        if self.next == 0 and page.total > self.client.reachable and not window[3]:
             self._split(window, page.total)
             return SourcePoll(position=self._position())
         records = self._records(page.offers)
         self.next = page.last + 1
-        if not page.more or not page.offers or self.next >= REACHABLE:
+        if not page.more or not page.offers or self.next >= self.client.reachable:
             self._window_done()
         wait = 0.0
         if not self.plan and self.backfilled:
@@ -196,11 +204,12 @@ class FranceTravailSource(Source):
             )
             subs = [[start, end, d, False] for d in self.departements]
         else:
-            lost = total - REACHABLE
+            reach = self.client.reachable
             log.error(
-                "source %s: %d offers created in %s in département %s: the API reaches 3150, %d are out of reach", self.name, total, api_time(start), dept, lost
+                "source %s: %d offers created in %s..%s in département %s: the API reaches %d, up to %d are out of reach",
+                *(self.name, total, api_time(start), api_time(end), dept, reach, total - reach),
             )
-            self.metrics.inc("affluent_france_travail_unreachable_total", lost, source=self.name)
+            self.metrics.inc("affluent_france_travail_capped_windows_total", source=self.name)
             subs = [[start, end, dept, True]]
         self.plan[0:1] = subs
         self.windows_planned += len(subs) - 1
