@@ -7,14 +7,14 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from tests.fixtures.jobs.offers import departement_of, generate_offers
+from tests.fixtures.jobs.server import FranceTravailServer
 
 from affluent.apps.jobs.app import bundled_referentials
 from affluent.core.clock import now_ms
 from affluent.core.errors import SourceUnavailableError
 from affluent.core.metrics import Metrics
 from affluent.sources.france_travail import CredentialsError, FranceTravailClient, FranceTravailError, FranceTravailSource, TokenBucket
-from tests.fixtures.jobs.offers import departement_of, generate_offers
-from tests.fixtures.jobs.server import FranceTravailServer
 
 HOUR_MS = 3_600_000
 

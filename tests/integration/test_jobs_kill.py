@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
+from tests.fixtures.jobs.offers import departement_of, generate_offers
+from tests.fixtures.jobs.server import FranceTravailServer
 
 from affluent.apps.jobs import tables
 from affluent.core.clock import now_ms
 from affluent.sinks.serving import read_serving
-from tests.fixtures.jobs.offers import departement_of, generate_offers
-from tests.fixtures.jobs.server import FranceTravailServer
 
 pytestmark = [pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")]
 HOUR_MS = 3_600_000

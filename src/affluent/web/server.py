@@ -40,7 +40,7 @@ log = logging.getLogger("affluent.web")
 
 STATIC = Path(str(resources.files("affluent.web") / "static"))
 #: the page of each app, for the apps this installation has
-BOARDS = {"bikes": "affluent.web.bikes", "stock": "affluent.web.stock"}
+BOARDS = {"bikes": "affluent.web.bikes", "stock": "affluent.web.stock", "jobs": "affluent.web.jobs"}
 
 
 def boards() -> list[Board]:
