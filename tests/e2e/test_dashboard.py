@@ -27,8 +27,10 @@ from affluent.core.sqlite_log import SQLiteLog
 pytestmark = pytest.mark.slow
 
 XSS = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
-PAGES = {"home": "", "bikes": "bikes", "stock": "stock", "api": "docs"}
-READY = {"home": ".app-card", "bikes": "path.station", "stock": "#answers-note", "api": ".swagger-ui .info"}
+PAGES = {"home": "", "bikes": "bikes", "stock": "stock", "jobs": "jobs", "api": "docs"}
+READY = {"home": ".app-card", "bikes": "path.station", "stock": "#answers-note", "jobs": "path[data-code]", "api": ".swagger-ui .info"}
+#: no France Travail credentials, whatever the environment holds: jobs replays its recording
+NO_CREDENTIALS = {"FRANCE_TRAVAIL_CLIENT_ID": "", "FRANCE_TRAVAIL_CLIENT_SECRET": ""}
 
 
 def fixture_stations() -> dict[str, dict[str, Any]]:
@@ -76,10 +78,14 @@ def gbfs() -> Iterator[GBFSServer]:
 @pytest.fixture(scope="module")
 def live_up(tmp_path_factory: pytest.TempPathFactory, gbfs: GBFSServer) -> Iterator[tuple[str, Path]]:
     folder = tmp_path_factory.mktemp("up")
-    app = Affluent(folder, "up", "--quiet", "--port", "0", env={"AFFLUENT__BIKES__FEED": gbfs.url("/velozef_2.2/gbfs.json")})
+    app = Affluent(folder, "up", "--quiet", "--port", "0", env={"AFFLUENT__BIKES__FEED": gbfs.url("/velozef_2.2/gbfs.json"), **NO_CREDENTIALS})
     try:
         url = app.wait_for_url()
-        wait_json(url + "api/apps", lambda apps: {a["app"]: a["state"] for a in apps} == {"bikes": "running", "stock": "simulating"}, what="both apps")
+        wait_json(
+            url + "api/apps",
+            lambda apps: {a["app"]: a["state"] for a in apps} == {"bikes": "running", "stock": "simulating", "jobs": "replaying"},
+            what="the three apps",
+        )
         wait_json(url + "api/bikes/stations", lambda rows: len(rows) == 28, what="28 stations in the serving store")
         yield url, folder
     finally:
@@ -93,7 +99,11 @@ def offline_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     app = Affluent(folder, "up", "--offline", "--quiet", "--port", "0")
     try:
         url = app.wait_for_url()
-        wait_json(url + "api/apps", lambda apps: {a["app"]: a["state"] for a in apps} == {"bikes": "replaying", "stock": "simulating"}, what="offline apps")
+        wait_json(
+            url + "api/apps",
+            lambda apps: {a["app"]: a["state"] for a in apps} == {"bikes": "replaying", "stock": "simulating", "jobs": "replaying"},
+            what="offline apps",
+        )
         wait_json(url + "api/bikes/stations", lambda rows: len(rows) > 0, what="replayed stations")
         yield url
     finally:
@@ -128,6 +138,9 @@ def test_home_shows_each_apps_state(browser: Any, live_up: tuple[str, Path]) -> 
         assert p.get_attribute(".app-card[data-app=stock]", "data-state") == "simulating"
         assert "offline: runs a simulator" in p.inner_text(".app-card[data-app=stock]")
         assert "records/s" in p.inner_text(".app-card[data-app=bikes]")
+        # jobs, without credentials, replays its recording and says why
+        assert p.get_attribute(".app-card[data-app=jobs]", "data-state") == "replaying"
+        assert "no France Travail credentials" in p.inner_text(".app-card[data-app=jobs]")
     finally:
         page.close()
 
@@ -215,7 +228,7 @@ def test_an_appended_record_is_on_screen_within_2_seconds(browser: Any, live_up:
         home.close()
 
 
-@pytest.mark.parametrize("name", ["home", "bikes", "stock", "api"])
+@pytest.mark.parametrize("name", ["home", "bikes", "stock", "jobs", "api"])
 def test_pages_work_offline_with_the_network_blocked(browser: Any, offline_up: str, name: str) -> None:
     page = Page(browser, block_network=True)
     try:
@@ -244,7 +257,7 @@ def test_a_page_says_when_its_app_is_not_running(browser: Any, tmp_path: Path) -
     page = Page(browser)
     try:
         url = web.wait_for_url()
-        for name in ("bikes", "stock"):
+        for name in ("bikes", "stock", "jobs"):
             p = page.open(url + name)
             p.wait_for_selector(".notice:not([hidden])", timeout=10_000)
             assert p.inner_text(".notice").startswith(f"{name} is not running: no process runs it")

@@ -11,12 +11,12 @@ from pathlib import Path
 from affluent.apps.jobs.pipeline import build_pipelines
 from affluent.config import Settings, lake_path, serving_path
 from affluent.core.clock import now_ms
-from affluent.core.errors import AffluentError
+from affluent.core.errors import AffluentError, ConfigError
 from affluent.core.log import DAY_MS
 from affluent.core.pipeline import Pipeline
 from affluent.core.sources import Source
 from affluent.sources.france_travail import FranceTravailClient, FranceTravailReplaySource, FranceTravailSource, Referentials
-from affluent.sources.france_travail.client import CREDENTIAL_SETTINGS
+from affluent.sources.france_travail.client import CREDENTIAL_SETTINGS, CredentialsError
 from affluent.sources.replay import unpack_recording
 
 log = logging.getLogger("affluent.apps.jobs")
@@ -76,6 +76,11 @@ def replay_source(settings: Settings, note: str | None) -> FranceTravailReplaySo
     return src
 
 
+def has_credentials(settings: Settings) -> bool:
+    secret = settings.france_travail_client_secret
+    return bool(settings.france_travail_client_id and secret is not None and secret.get_secret_value())
+
+
 def make_client(settings: Settings, endpoints: Endpoints | None = None, *, timeout_s: float | None = None) -> FranceTravailClient:
     j = settings.jobs
     ep = endpoints or Endpoints()
@@ -102,8 +107,11 @@ def choose_source(
     j = settings.jobs
     if offline:
         return replay_source(settings, "offline: replays the bundled recording of France Travail offers"), load_referentials(settings.data_dir)
-    if not (settings.france_travail_client_id and settings.france_travail_client_secret):
-        note = f"no France Travail credentials: set {CREDENTIAL_SETTINGS} (francetravail.io, access to 'Offres d'emploi v2'); replays the bundled recording"
+    if not has_credentials(settings):
+        note = (
+            f"no France Travail credentials (set {CREDENTIAL_SETTINGS}; an application on francetravail.io "
+            "with access to 'Offres d'emploi v2' gives them): replays the bundled recording"
+        )
         log.warning("jobs: %s", note)
         return replay_source(settings, note), load_referentials(settings.data_dir)
     client = make_client(settings, endpoints)
@@ -111,6 +119,9 @@ def choose_source(
     try:
         probe.token()
     except AffluentError as exc:
+        if isinstance(exc, CredentialsError) and not (j.fallback_to_recording if fallback is None else fallback):
+            client.close()
+            raise ConfigError(str(exc)) from exc  # a definite answer: retrying will not change it
         if j.fallback_to_recording if fallback is None else fallback:
             note = f"the France Travail API could not be used at start ({exc}): replays the bundled recording"
             log.warning("jobs: %s", note)

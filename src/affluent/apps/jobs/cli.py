@@ -15,7 +15,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table as RichTable
 from rich.text import Text
 
-from affluent.apps.jobs.app import Endpoints, load_referentials, make_client, pipelines
+from affluent.apps.jobs.app import Endpoints, has_credentials, load_referentials, make_client, pipelines
 from affluent.core.clock import now_ms
 from affluent.core.errors import AffluentError, ConfigError
 from affluent.sources.france_travail import FranceTravailSource, api_time
@@ -55,7 +55,7 @@ def backfill_view(src: FranceTravailSource) -> RenderableType | None:
         ProgressBar(total=1.0, completed=done, width=30),
         Text(
             f"{done:4.0%}  windows {src.windows_done}/{max(src.windows_planned, src.windows_done)}  "
-            f"{src.offers:,} offers  {src.client.requests / elapsed:.1f} req/s  cursor {api_time(src.cursor_s)}"
+            f"{src.offers:,} offers  {src.requests / elapsed:.1f} req/s  cursor {api_time(src.cursor_s)}"
             + (f"  retrying: {src.error[:60]}" if src.error else "")
         ),
     )
@@ -93,8 +93,6 @@ def run_command(
     for p in made:
         for b in p.sources:
             console.print(f"jobs: {b.source.describe()} -> {b.topic}{'' if b.source.offline else ' (live)'}", highlight=False, markup=False)
-            if b.source.note:
-                console.print(f"jobs: {b.source.note}", highlight=False, markup=False, style="yellow")
             if isinstance(b.source, FranceTravailSource):
                 source = b.source
     console.print(f"jobs: serving store {serving_path(s)}, lake {lake_path(s)}", highlight=False)
@@ -204,7 +202,7 @@ def referentials_command(
     try:
         client = None
         if refresh:
-            if not (s.france_travail_client_id and s.france_travail_client_secret):
+            if not has_credentials(s):
                 raise ConfigError("--refresh needs the credentials: set FRANCE_TRAVAIL_CLIENT_ID and FRANCE_TRAVAIL_CLIENT_SECRET (in the environment or .env)")
             client = make_client(s)
         refs = load_referentials(s.data_dir, client, max_age_days=0 if refresh else s.jobs.referentials_max_age_days)

@@ -95,6 +95,7 @@ class FranceTravailSource(Source):
         self.windows_planned = 0
         self.offers = 0
         self.started = time.monotonic()
+        self._requests_before = client.requests
         self.failures = 0
         self.error: str | None = None
         #: id -> (dateActualisation, created ms) of offers emitted lately: overlapping windows re-send them
@@ -121,6 +122,11 @@ class FranceTravailSource(Source):
             "since_s": self.since_s,
             "backfill_end_s": self.backfill_end_s,
         }
+
+    @property
+    def requests(self) -> int:
+        """Requests this source made (the referentials, fetched before, are not among them)."""
+        return self.client.requests - self._requests_before
 
     @property
     def backfill_progress(self) -> float:
