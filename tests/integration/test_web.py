@@ -66,8 +66,9 @@ def test_web_reads_the_serving_store_another_process_writes(apps_elsewhere: tupl
     assert all(type(r["is_renting"]) is bool for r in rows)
     apps = wait_json(
         url + "api/apps",
-        lambda a: {x["app"]: (x["state"], x["records"] > 0) for x in a}
-        == {"bikes": ("running", True), "stock": ("simulating", True), "jobs": ("not running", False)},
+        lambda a: (
+            {x["app"]: (x["state"], x["records"] > 0) for x in a} == {"bikes": ("running", True), "stock": ("simulating", True), "jobs": ("not running", False)}
+        ),
         what="both apps, with records",
     )
     stock = next(a for a in apps if a["app"] == "stock")
