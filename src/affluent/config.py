@@ -6,7 +6,7 @@ Only this module and `cli/` read the environment. Secrets are SecretStr: never l
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -86,14 +86,17 @@ class JobsSettings(BaseModel):
     #: the OAuth2 token endpoint (realm /partenaire) and the Offres d'emploi API base: a mirror or a test server may stand in
     token_url: str = "https://entreprise.francetravail.fr/connexion/oauth2/access_token?realm=%2Fpartenaire"
     api_url: str = "https://api.francetravail.io/partenaire/offresdemploi"
-    #: requests per second, token requests included (0: no limit); the API allows a few per application
-    rate_per_s: float = 3.0
-    timeout_s: float = 30.0
+    #: requests per second, token requests included (0: no limit, for a mirror); the API allows a few per application
+    rate_per_s: Annotated[float, Field(ge=0)] = 3.0
+    timeout_s: Annotated[float, Field(gt=0)] = 30.0
     #: on a first start, the backfill begins this many hours ago (`affluent run jobs --since` sets a date)
-    since_hours: float = 24.0
+    since_hours: Annotated[float, Field(gt=0)] = 24.0
     #: once backfilled, a new search every interval_s, overlapping the last one by overlap_s (the index lags creation)
-    interval_s: float = 60.0
-    overlap_s: float = 300.0
+    interval_s: Annotated[float, Field(ge=1)] = 60.0
+    overlap_s: Annotated[float, Field(ge=0)] = 300.0
+    #: every refresh_interval_s, the offers created in the last refresh_hours are searched again for updates (0: never)
+    refresh_hours: Annotated[float, Field(ge=0)] = 48.0
+    refresh_interval_s: Annotated[float, Field(ge=60)] = 3600.0
     #: at startup, how long to wait for a token before replaying the bundled recording instead
     probe_timeout_s: float = 10.0
     #: replay the bundled recording when the API cannot be reached or refuses the credentials at startup

@@ -106,10 +106,10 @@ def _serving(folder: Path, sql: str) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 MiB tmpfs: a disk that a test can fill and free while affluent runs on it."""
+    """A 256 MiB tmpfs: a disk that a test can fill and free while affluent runs on it (every app, recordings unpacked, fits in it)."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True, text=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(mount)], capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs to fill (needs root): {r.stderr.strip()}")
     try:

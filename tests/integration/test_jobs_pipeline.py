@@ -65,7 +65,7 @@ class JobsRun:
                     raise rt.errors[0]
                 if during is not None:
                     during()
-                if self.source.backfilled and (until is None or until()) and self._caught_up():
+                if self.source.backfilled and (until is None or until()) and self._appended(rt) and self._caught_up():
                     break
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"not backfilled in {timeout_s} s: {self.source.windows_done} windows, {self.source.offers} offers, {rt.status()}")
@@ -73,6 +73,10 @@ class JobsRun:
         finally:
             rt.stop()
         return rt
+
+    def _appended(self, rt: Runtime) -> bool:
+        """The source's last poll is in the log (it counts its offers before the runtime appends them)."""
+        return next(s["records"] for s in rt.status() if s["kind"] == "source") >= self.source.offers
 
     def _caught_up(self) -> bool:
         ends = self.log.end_offsets(T_RAW) if self.log.topic_exists(T_RAW) else {}
@@ -220,3 +224,22 @@ def test_updates_replace_versions_and_bad_offers_are_dead_letters(tmp_path: Path
     assert "dateCreation" in reasons and "no id" in reasons and "lieuTravail" in reasons
     issue = run.rows(f"SELECT place_issue, lat FROM {tables.OFFERS} WHERE offer_id = '{kept[0]['id']}'")
     assert issue == [{"place_issue": "bad_coordinates", "lat": None}]
+
+
+def test_updates_of_older_offers_are_seen_by_the_refresh(tmp_path: Path, refs: Referentials) -> None:
+    """A search by creation date does not bring an updated offer back: the refresh searches the last days again."""
+    end = now_ms() - 2 * HOUR_MS
+    offers = generate_offers(2000, start_ms=end - 20 * HOUR_MS, end_ms=end, seed=81)
+    since = end - 21 * HOUR_MS
+    with FranceTravailServer(offers) as server:
+        run = JobsRun(tmp_path, make_source(server, refs, since_ms=since), refs)
+        run.run()
+        changed = [server.update(o["id"], later_ms=now_ms() - 1000, typeContrat="CDI" if o.get("typeContrat") != "CDI" else "CDD") for o in offers[:30]]
+        src = make_source(server, refs, since_ms=since, refresh_s=30 * 3600, refresh_interval_s=0.5)
+        run = JobsRun(tmp_path, src, refs)
+        run.run(until=lambda: src.sweeps >= 1)
+    final = {o["id"]: o for o in offers}
+    final.update({o["id"]: o for o in changed})
+    assert_counts_match(run, list(final.values()))
+    updated_n = sum(r["offers"] for r in run.rows(f"SELECT offers FROM {tables.HOURLY} WHERE kind = 'updated'"))
+    assert updated_n == len(changed)

@@ -107,12 +107,12 @@ def test_versions_pass_new_and_later_only_and_deltas_move_counts(refs: Referenti
     first = normalize_offer(offer(), refs)
     state, out = version_step(None, first, 0)
     assert out[0]["versions"] == 1 and out[0]["was"] is None
-    plus = {tuple(d["key"]): d["n"] for d in deltas(out[0])}
+    plus = {d["key"]: d["n"] for d in deltas(out[0])}
     assert plus[("c", "contract", "CDD", "2026-03-10")] == 1 and plus[("h", "created", 1773129600000)] == 1
     assert version_step(state, first, 0) == (state, [])  # the same version again
     later = normalize_offer(offer(dateActualisation="2026-03-11T09:00:00Z", typeContrat="CDI"), refs)
     state2, out2 = version_step(state, later, 0)
-    moved = {tuple(d["key"]): d["n"] for d in deltas(out2[0])}
+    moved = {d["key"]: d["n"] for d in deltas(out2[0])}
     assert moved == {
         ("h", "updated", 1773219600000): 1,
         ("c", "contract", "CDD", "2026-03-10"): -1,
@@ -143,3 +143,19 @@ def test_keyed_step_ttl_forgets_and_counts_late_and_coalesce_keeps_each_keys_las
     # one batch: each key's last output only
     assert sorted((r.value["k"], r.value["total"]) for r in out) == [("a", 1), ("b", 5)]
     assert len(read_topic(log, "out")) == 2
+
+
+def test_credentials_come_from_the_environment_or_dotenv_and_never_show(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from affluent.config import Settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FRANCE_TRAVAIL_CLIENT_ID", raising=False)
+    monkeypatch.delenv("FRANCE_TRAVAIL_CLIENT_SECRET", raising=False)
+    (tmp_path / ".env").write_text("FRANCE_TRAVAIL_CLIENT_ID=from-dotenv\nFRANCE_TRAVAIL_CLIENT_SECRET=dotenv-secret-77\n")
+    s = Settings()
+    assert s.france_travail_client_id == "from-dotenv"
+    assert "dotenv-secret-77" not in repr(s) + str(s.model_dump())
+    monkeypatch.setenv("FRANCE_TRAVAIL_CLIENT_ID", "from-env")
+    monkeypatch.setenv("AFFLUENT__JOBS__API_URL", "http://127.0.0.1:9/api")
+    s = Settings()
+    assert (s.france_travail_client_id, s.jobs.api_url) == ("from-env", "http://127.0.0.1:9/api")

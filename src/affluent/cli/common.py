@@ -30,7 +30,19 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def settings() -> Settings:
-    return load_settings()
+    """The settings, or exit with one line per bad one, naming its environment variable."""
+    from pydantic import ValidationError
+
+    try:
+        return load_settings()
+    except ValidationError as exc:
+        lines = []
+        for e in exc.errors():
+            name = ".".join(str(p) for p in e["loc"])
+            env = "AFFLUENT__" + "__".join(str(p).upper() for p in e["loc"])
+            shown = "" if "secret" in name else f", not {e.get('input')!r}"  # a secret is never printed
+            lines.append(f"setting {name} ({env}): {e['msg']}{shown}")
+        fail("\n".join(lines))
 
 
 def open_configured_log(s: Settings | None = None) -> Log:

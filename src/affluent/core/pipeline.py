@@ -246,14 +246,24 @@ class Stream:
         """Lookup-join each record with `table[key(value)]`; `join(value, row)` makes the new value."""
         return self._then(Enrich(self._name(name, "enrich"), table, key, join, how))
 
-    def stateful(self, step: Step, *, key: Fn, name: str, ttl_ms: int | None = None, coalesce: bool = False) -> Stream:
+    def stateful(
+        self,
+        step: Step,
+        *,
+        key: Fn,
+        name: str,
+        ttl_ms: int | None = None,
+        coalesce: bool = False,
+        combine: Callable[[Any, Any], Any] | None = None,
+    ) -> Stream:
         """Run `step(state, value, timestamp_ms) -> (new state, outputs)` with one state per `key(value)`.
 
         For rules that windows and dedupe do not express; the state is checkpointed exactly once with
         the outputs; with `ttl_ms`, a key's state is forgotten that long (in event time) after its last
-        record; with `coalesce`, a batch emits only each key's last output. See `affluent.core.stateful.KeyedStep`.
+        record; with `coalesce`, a batch emits only each key's last output; with `combine`, a batch's values of
+        one key are merged before the step. See `affluent.core.stateful.KeyedStep`.
         """
-        return self._then(KeyedStep(self._name(name, "stateful"), key, step, ttl_ms=ttl_ms, coalesce=coalesce), rekeyed=True)
+        return self._then(KeyedStep(self._name(name, "stateful"), key, step, ttl_ms=ttl_ms, coalesce=coalesce, combine=combine), rekeyed=True)
 
     def window(
         self,

@@ -10,6 +10,7 @@ offsets and state and goes on as if it had never stopped.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import threading
@@ -45,6 +46,8 @@ LEASE_RENEW_MS = 2_000
 #: late records of a step are logged at most this often, with their count
 LATE_LOG_MS = 60_000
 _POSITION = b"position"
+#: stored batches smaller than this are processed together, up to about this many records
+PROCESS_RECORDS = 2000
 
 
 def event_time(t: Any, now: int) -> int:
@@ -299,10 +302,10 @@ class PipelineTask:
             ctx.topic, ctx.partition = topic, part
             before = pos
             read_here = 0
+            # small stored batches (a source's polls) are processed together: per-batch costs are paid once
+            pending: list[Batch] = []
+            pending_n = 0
             for rb in self.log.iter_batches(topic, part, pos, max_records=budget, decoder=root.decoder):
-                if has_tables:
-                    # after reading input, so that a table row committed with (or before) it is seen
-                    self._refresh_tables()
                 n = len(rb)
                 batch = Batch(rb.keys, rb.values, rb.timestamps, range(rb.base_offset, rb.base_offset + n))
                 if rb.failures:
@@ -313,10 +316,15 @@ class PipelineTask:
                     else:  # another pipeline reading this topic dead-letters them
                         ctx.count_dropped(f"{topic}.decode", len(bad))
                     batch = batch.take([i for i in range(n) if i not in bad])
-                root.process(batch, ctx)
+                pending.append(batch)
+                pending_n += len(batch)
+                if pending_n >= PROCESS_RECORDS:
+                    self._process(root, pending, has_tables)
+                    pending, pending_n = [], 0
                 pos = rb.next_offset
                 total += n
                 read_here += n
+            self._process(root, pending, has_tables)
             if read_here < budget:
                 ctx.caught_up.add(part)
             else:
@@ -331,6 +339,21 @@ class PipelineTask:
         for node in self.pipeline.stateful_nodes():
             node.tick(ctx, ctx.now_wall_ms)
         return total
+
+    def _process(self, root: Any, batches: list[Batch], has_tables: bool) -> None:
+        if not batches:
+            return
+        if has_tables:
+            # after reading input, so that a table row committed with (or before) it is seen
+            self._refresh_tables()
+        if len(batches) == 1:
+            root.process(batches[0], self.ctx)
+            return
+        offsets: list[int] = []
+        for b in batches:
+            offsets.extend(b.offsets)
+        merged = Batch([k for b in batches for k in b.keys], [v for b in batches for v in b.values], [t for b in batches for t in b.timestamps], offsets)
+        root.process(merged, self.ctx)
 
     def caught_up(self) -> bool:
         """True when the task runs, has read everything its input topics hold, and has committed the
@@ -631,6 +654,22 @@ class SourceTask:
                 src.close()
 
 
+#: the youngest generation's collection threshold while pipelines run (Python's default is 700)
+GC_GEN0_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Collect the youngest generation less often.
+
+    Batches allocate many short-lived objects, nearly all freed by reference counting; at the default
+    threshold the collector runs thousands of times a second and its older generations scan all the
+    state held in memory (a measured 25% of the jobs pipeline's time). Cyclic garbage is still collected.
+    """
+    gen0, *older = gc.get_threshold()
+    if 0 < gen0 < GC_GEN0_THRESHOLD:
+        gc.set_threshold(GC_GEN0_THRESHOLD, *older)
+
+
 class Runtime:
     """Runs pipelines and sources in threads of this process until stopped.
 
@@ -673,6 +712,7 @@ class Runtime:
         if self._started:
             return self
         self._started = True
+        tune_gc()
         owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:  # claimed here, before any source runs: refused, this process runs nothing at all
             self.log.acquire_leases([p.name for p in self.pipelines], owner)

@@ -597,17 +597,30 @@ class KeyedStep(Node):
     be gone, and stepping it from nothing would undo what was done.
     coalesce: of a batch's outputs, emit only each key's last one (for running values, such as a
     count: the last is the whole answer, and the others would only repeat it).
+    combine: `combine(a, b) -> value` merges the values of a batch's records that share a key before
+    the step sees them (a sum of counts: one step per key and batch instead of one per record). The
+    merged record has the latest time and offset of its parts; one that fails to merge is a dead letter.
     """
 
     kind = "stateful"
     stateful = True
 
-    def __init__(self, name: str, key: Fn, step: Step, *, ttl_ms: int | None = None, coalesce: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        key: Fn,
+        step: Step,
+        *,
+        ttl_ms: int | None = None,
+        coalesce: bool = False,
+        combine: Callable[[Any, Any], Any] | None = None,
+    ) -> None:
         super().__init__(name)
         self.key_fn = key
         self.step = step
         self.ttl_ms = ttl_ms
         self.coalesce = coalesce
+        self.combine = combine
         # keyed by the step's own key: one state for every input partition, kept under partition 0
         self.states: dict[Any, Any] = {}
         self.dirty: set[Any] = set()
@@ -615,6 +628,7 @@ class KeyedStep(Node):
         self.expires: dict[Any, int] = {}
         self.wm = MIN_TIME
         self._sweep_at = MIN_TIME
+        self._late = 0
 
     def open_partition(self, partition: int, state: dict[bytes, bytes], now_wall_ms: int) -> None:
         if partition != 0:
@@ -648,22 +662,15 @@ class KeyedStep(Node):
 
     def process(self, batch: Batch, ctx: TaskContext) -> None:
         states, dirty, expires = self.states, self.dirty, self.expires
-        step, key_fn, ttl = self.step, self.key_fn, self.ttl_ms
+        step, ttl = self.step, self.ttl_ms
         keys: list[Any] = []
         values: list[Any] = []
         times: list[int] = []
         offsets: list[int] = []
         latest: dict[Any, tuple[Any, int, int]] = {}
-        late = 0
-        for v, t, o in zip(batch.values, batch.timestamps, batch.offsets, strict=True):
-            if ttl is not None:
-                if t + ttl <= self.wm:
-                    late += 1
-                    continue
-                if t > self.wm:
-                    self.wm = t
+        self._late = 0
+        for k, v, t, o in self._keyed(batch, ctx):
             try:
-                k = _hashable(key_fn(v))
                 old = states.get(k)
                 if old is not None and ttl is not None and expires.get(k, MAX_TIME) <= self.wm:
                     old = None  # its time is up, swept or not: the same answer however the log is batched
@@ -699,11 +706,40 @@ class KeyedStep(Node):
             values.append(out)
             times.append(t)
             offsets.append(o)
-        if late:
-            ctx.count_late(self.name, late)
+        if self._late:
+            ctx.count_late(self.name, self._late)
         if ttl is not None and self.wm >= self._sweep_at:
             self._forget()
         self.emit(Batch(keys, values, times, offsets), ctx)
+
+    def _keyed(self, batch: Batch, ctx: TaskContext) -> Iterator[tuple[Any, Any, int, int]]:
+        """(key, value, time, offset) of each record that is not late; merged per key with `combine`."""
+        ttl, key_fn, combine = self.ttl_ms, self.key_fn, self.combine
+        groups: dict[Any, list[Any]] = {}
+        for v, t, o in zip(batch.values, batch.timestamps, batch.offsets, strict=True):
+            if ttl is not None:
+                if t + ttl <= self.wm:
+                    self._late += 1
+                    continue
+                if t > self.wm:
+                    self.wm = t
+            try:
+                k = _hashable(key_fn(v))
+                if combine is None:
+                    hash(k)
+                else:
+                    g = groups.get(k)
+                    if g is None:
+                        groups[k] = [v, t, o]
+                    else:
+                        g[0], g[1], g[2] = combine(g[0], v), max(g[1], t), o
+                    continue
+            except Exception as exc:
+                ctx.dead_letter(self.name, v, o, exc, timestamp_ms=t)
+                continue
+            yield k, v, t, o
+        for k, (v, t, o) in groups.items():
+            yield k, v, t, o
 
     def _forget(self) -> None:
         """Drop the states whose time is up; looked at again after another tenth of the ttl."""

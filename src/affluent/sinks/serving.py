@@ -287,17 +287,56 @@ class ServingSink(Sink):
 
     # -- writing ----------------------------------------------------------------------------------------------
     def write(self, records: list[Record]) -> None:
-        rows: list[tuple[Any, ...]] = []
+        rows: list[dict[str, Any]] = []
         for r in records:
             row = self.row(r) if self.row is not None else r.value
             if row is None:
                 continue
             if not isinstance(row, dict):
                 raise ConfigError(f"serving table {self.table!r} takes dict rows, got {type(row).__name__}")
-            rows.append(self._values(row))
+            rows.append(row)
         # all checked before any is buffered: a write that raises takes nothing (its records become dead letters)
-        for values in rows:
-            self._buffer[tuple(values[i] for i in self._key_at)] = values
+        values = self._column_values(rows) if len(rows) > 8 else None
+        if values is None:
+            values = [self._values(row) for row in rows]
+        at = self._key_at
+        for v in values:
+            self._buffer[tuple(v[i] for i in at)] = v
+
+    def _column_values(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]] | None:
+        """The rows' values, checked a column at a time (the common case: every value already of its type);
+        None when some value needs the row-by-row checks, which convert it or say what is wrong."""
+        cols = []
+        keys = set(self.key_columns)
+        for c, kind in self.columns.items():
+            col = [row.get(c) for row in rows]
+            present = [v for v in col if v is not None]
+            if len(present) != len(col) and c in keys:
+                return None
+            types = set(map(type, present))
+            if not present:
+                pass
+            elif kind == "VARCHAR":
+                if types != {str}:
+                    return None
+                try:
+                    "".join(present).encode()  # a lone surrogate cannot be stored
+                except UnicodeEncodeError:
+                    return None
+            elif kind in ("BIGINT", "INTEGER"):
+                top = 1 << (63 if kind == "BIGINT" else 31)
+                if types != {int} or not -top <= min(present) <= max(present) < top:
+                    return None
+            elif kind == "DOUBLE":
+                if types != {float} or any(map(math.isnan, present)):
+                    return None
+            elif kind == "BOOLEAN":
+                if types != {bool}:
+                    return None
+            else:
+                return None
+            cols.append(col)
+        return list(zip(*cols, strict=True))
 
     def _values(self, row: dict[str, Any]) -> tuple[Any, ...]:
         """The row's values in column order, checked now: a bad row fails its write, never a flush."""

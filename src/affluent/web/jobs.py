@@ -331,7 +331,7 @@ def channels() -> list[Channel]:
 BOARD = Board(
     app="jobs",
     title="Job offers",
-    summary="France Travail offers by département, live",
+    summary="France Travail job offers by département and category",
     router=router,
     channels=channels,
     script="jobs.js",

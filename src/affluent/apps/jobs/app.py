@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from affluent.apps.jobs.pipeline import build_pipelines
 from affluent.config import Settings, lake_path, serving_path
@@ -15,7 +17,7 @@ from affluent.core.errors import AffluentError, ConfigError
 from affluent.core.log import DAY_MS
 from affluent.core.pipeline import Pipeline
 from affluent.core.sources import Source
-from affluent.sources.france_travail import FranceTravailClient, FranceTravailReplaySource, FranceTravailSource, Referentials
+from affluent.sources.france_travail import API_URL, FranceTravailClient, FranceTravailReplaySource, FranceTravailSource, Referentials
 from affluent.sources.france_travail.client import CREDENTIAL_SETTINGS, CredentialsError
 from affluent.sources.replay import unpack_recording
 
@@ -105,6 +107,8 @@ def choose_source(
 ) -> tuple[Source, Referentials]:
     """The API when credentials are set and it gives a token, else the recording (and why, in its note)."""
     j = settings.jobs
+    if since_ms is not None and since_ms > now_ms():
+        raise ConfigError(f"--since {datetime.fromtimestamp(since_ms / 1000, UTC):%Y-%m-%d %H:%M} UTC is in the future: the backfill starts in the past")
     if offline:
         return replay_source(settings, "offline: replays the bundled recording of France Travail offers"), load_referentials(settings.data_dir)
     if not has_credentials(settings):
@@ -130,10 +134,35 @@ def choose_source(
         log.warning("jobs: the France Travail API does not answer yet (%s); polling it anyway, with backoff", exc)
     finally:
         probe.close()
+    if j.rate_per_s == 0 and urlsplit(client.api_url).hostname == urlsplit(API_URL).hostname:
+        log.warning("jobs: no rate limit (jobs.rate_per_s = 0) against France Travail's own API, which allows a few requests per second")
     refs = load_referentials(settings.data_dir, client, max_age_days=j.referentials_max_age_days)
     start = since_ms if since_ms is not None else now_ms() - int(j.since_hours * HOUR_MS)
-    source = FranceTravailSource(client, since_ms=start, departements=refs.departements, interval_s=j.interval_s, overlap_s=j.overlap_s)
+    source = FranceTravailSource(
+        client,
+        since_ms=start,
+        departements=refs.departements,
+        interval_s=j.interval_s,
+        overlap_s=j.overlap_s,
+        refresh_s=j.refresh_hours * 3600,
+        refresh_interval_s=j.refresh_interval_s,
+    )
     return source, refs
+
+
+def replayed_before(settings: Settings) -> bool:
+    """True when this data folder's log holds offers replayed from the bundled recording."""
+    url = settings.log.url
+    path = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    if path is None or not path.exists():
+        return False
+    from affluent.core.log import open_log
+
+    try:
+        with open_log(url) as log_:
+            return bool(log_.load_state("jobs.source.replay-france-travail", 0))
+    except AffluentError:
+        return False
 
 
 def pipelines(
@@ -146,6 +175,12 @@ def pipelines(
 ) -> list[Pipeline]:
     """The jobs pipelines, fed by the API or, offline or without credentials, by the bundled recording."""
     source, refs = choose_source(settings, offline=offline, since_ms=since_ms, endpoints=endpoints, fallback=fallback)
+    if not source.offline and replayed_before(settings):
+        log.warning(
+            "jobs: this data folder (%s) also holds offers replayed from the bundled recording, counted with the live ones; "
+            "to keep live offers apart, start from an empty data folder (AFFLUENT__DATA_DIR and the log, serving and lake URLs)",
+            settings.data_dir,
+        )
     j = settings.jobs
     return build_pipelines(
         source,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import sys
-import time
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
@@ -45,20 +44,20 @@ def parse_since(text: str) -> int:
 
 
 def backfill_view(src: FranceTravailSource) -> RenderableType | None:
-    """The backfill's progress: the share of its time span done, windows, offers and requests per second."""
-    elapsed = max(time.monotonic() - src.started, 1e-6)
+    """The backfill's progress (its time span done, offers, windows left, requests per second), then the polling's."""
     grid = RichTable.grid(padding=(0, 1))
-    done = src.backfill_progress
-    label = "backfill" if not src.backfilled else "live"
-    grid.add_row(
-        Text(label, style="bold"),
-        ProgressBar(total=1.0, completed=done, width=30),
-        Text(
-            f"{done:4.0%}  windows {src.windows_done}/{max(src.windows_planned, src.windows_done)}  "
-            f"{src.offers:,} offers  {src.requests / elapsed:.1f} req/s  cursor {api_time(src.cursor_s)}"
-            + (f"  retrying: {src.error[:60]}" if src.error else "")
-        ),
-    )
+    rate = f"{src.request_rate():.1f} req/s"
+    upto = f"created up to {api_time(src.cursor_s)}"
+    retry = f"  retrying: {src.error[:60]}" if src.error else ""
+    if not src.backfilled:
+        done = src.backfill_progress
+        total = f" (about {src.backfill_total:,} in the backfill)" if src.backfill_total else ""
+        text = f"{done:4.0%}  {src.offers:,} offers this run{total}  {src.windows_left} windows left  {rate}  {upto}{retry}"
+        grid.add_row(Text("backfill", style="bold"), ProgressBar(total=1.0, completed=done, width=30), Text(text))
+    else:
+        sweep = "  searching the last days again for updates" if src.sweep.plan else ""
+        text = f"every {src.interval_s:g} s  {src.offers:,} offers this run ({src.updates:,} updates)  {rate}  {upto}{sweep}{retry}"
+        grid.add_row(Text("live", style="bold"), Text(text))
     return grid
 
 
@@ -66,7 +65,7 @@ def run_command(
     since: Annotated[
         str | None, typer.Option("--since", help="Backfill from this date or ISO datetime, or this long ago (48h, 7d); default: 24 h ago.")
     ] = None,
-    interval_s: Annotated[float | None, typer.Option("--interval-s", help="Seconds between searches once backfilled (default 60).")] = None,
+    interval_s: Annotated[float | None, typer.Option("--interval-s", min=1, help="Seconds between searches once backfilled (default 60).")] = None,
     token_url: Annotated[str | None, typer.Option("--token-url", help="The OAuth2 token endpoint (default: setting jobs.token_url).")] = None,
     api_url: Annotated[str | None, typer.Option("--api-url", help="The Offres d'emploi API base (default: setting jobs.api_url).")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Replay the bundled recording instead of calling the API.")] = False,
@@ -100,7 +99,10 @@ def run_command(
 
 
 def analyze_command(
-    since: Annotated[str | None, typer.Option("--since", help="Offers created from this date or ISO datetime (Europe/Paris unless it has an offset).")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Offers created from this date or ISO datetime (Europe/Paris unless it has an offset), or this long ago (48h, 7d)."),
+    ] = None,
     until: Annotated[str | None, typer.Option("--until", help="Up to this date (included) or ISO datetime (excluded).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answers as JSON.")] = False,
 ) -> None:
@@ -113,8 +115,10 @@ def analyze_command(
 
     s = settings()
     try:
-        since_ms = parse_when(since, PARIS) if since else None
+        since_ms = parse_since(since) if since else None
         until_ms = parse_when(until, PARIS, end=True) if until else None
+        if since_ms is not None and until_ms is not None and since_ms >= until_ms:
+            raise ConfigError(f"--since {since} is not before --until {until}")
         root = lake_path(s)
     except AffluentError as exc:
         fail(exc)

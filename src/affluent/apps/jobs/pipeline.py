@@ -70,27 +70,40 @@ def version_step(state: Any, offer: dict[str, Any], _t: int) -> tuple[Any, list[
     return [offer["updated_ms"], versions, cats], [{**offer, "versions": versions, "was": None if state is None else state[2]}]
 
 
+#: where the cube's axes sit in `categories`
+_DEPT, _GD, _CONTRACT = 2, 2 + AXES.index("grand_domaine"), 2 + AXES.index("contract")
+
+
 def deltas(v: dict[str, Any]) -> list[dict[str, Any]]:
-    """The count changes a version makes: +1 where a new offer counts; -1 and +1 where an update moved it."""
+    """The count changes a version makes: +1 where a new offer counts; -1 and +1 where an update moved it.
+
+    Keys are tuples: ("c", axis, code, day), ("q", day, département, grand domaine, contract), ("h", kind, hour).
+    """
     now, was = categories(v), v["was"]
     out: list[dict[str, Any]] = []
     if was is None:
-        out.append({"key": ["h", "created", v["created_ms"] - v["created_ms"] % HOUR_MS], "n": 1})
+        out.append({"key": ("h", "created", v["created_ms"] - v["created_ms"] % HOUR_MS), "n": 1})
     else:
-        out.append({"key": ["h", "updated", v["updated_ms"] - v["updated_ms"] % HOUR_MS], "n": 1})
+        out.append({"key": ("h", "updated", v["updated_ms"] - v["updated_ms"] % HOUR_MS), "n": 1})
         if was == now:
             return out
     for i, axis in enumerate(AXES, 2):
         if was is None or was[i] != now[i] or was[0] != now[0]:
             if was is not None:
-                out.append({"key": ["c", axis, was[i], was[0]], "n": -1, "day_ms": was[1]})
-            out.append({"key": ["c", axis, now[i], now[0]], "n": 1, "day_ms": now[1], "label": v[_LABEL[axis]]})
-    cube = [now[0], now[2], now[2 + AXES.index("grand_domaine")], now[2 + AXES.index("contract")]]
-    if was is None or [was[0], was[2], was[2 + AXES.index("grand_domaine")], was[2 + AXES.index("contract")]] != cube:
-        if was is not None:
-            out.append({"key": ["q", was[0], was[2], was[2 + AXES.index("grand_domaine")], was[2 + AXES.index("contract")]], "n": -1, "day_ms": was[1]})
-        out.append({"key": ["q", *cube], "n": 1, "day_ms": now[1]})
+                out.append({"key": ("c", axis, was[i], was[0]), "n": -1, "day_ms": was[1]})
+            out.append({"key": ("c", axis, now[i], now[0]), "n": 1, "day_ms": now[1], "label": v[_LABEL[axis]]})
+    cube = ("q", now[0], now[_DEPT], now[_GD], now[_CONTRACT])
+    old = None if was is None else ("q", was[0], was[_DEPT], was[_GD], was[_CONTRACT])
+    if old != cube:
+        if old is not None:
+            out.append({"key": old, "n": -1, "day_ms": was[1]})
+        out.append({"key": cube, "n": 1, "day_ms": now[1]})
     return out
+
+
+def merge_deltas(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two changes of one count, as one."""
+    return {**a, "n": a["n"] + b["n"], "label": b.get("label") or a.get("label")}
 
 
 def count_step(state: Any, d: dict[str, Any], _t: int) -> tuple[Any, list[Any]]:
@@ -166,7 +179,9 @@ def build_pipelines(
             indexes=[("departement", "created_ms"), ("created_ms",)],
         )
     )
-    counts = versions.flat_map(deltas, name="deltas").stateful(count_step, key=lambda d: d["key"], name="counts", ttl_ms=state_ttl_ms, coalesce=True)
+    counts = versions.flat_map(deltas, name="deltas").stateful(
+        count_step, key=lambda d: d["key"], name="counts", ttl_ms=state_ttl_ms, coalesce=True, combine=merge_deltas
+    )
     counts.to_topic(T_COUNTS)
     by_table = counts.branch({t: _table_is(t) for t in (tables.COUNTS, tables.CUBE, tables.HOURLY)}, name="by-table")
     by_table[tables.COUNTS].to_sink(serving(tables.COUNTS, tables.COUNT_KEY, tables.COUNT_COLUMNS, "day_ms"))
