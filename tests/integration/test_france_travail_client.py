@@ -173,3 +173,24 @@ def test_referentials_refresh_from_the_api_keeps_the_cities_of_arrondissements(t
         assert cached_referentials_path(tmp_path).exists()
         assert load_referentials(tmp_path, client(server)).departements["29"] == "FINISTÈRE"
         assert server.counts[("referentiel", 200)] == 8
+
+
+def test_overlapping_searches_send_an_offer_again_only_when_it_changed(offers: list[dict[str, Any]]) -> None:
+    from tests.fixtures.jobs.offers import bad_offers
+
+    refs = bundled_referentials()
+    with FranceTravailServer(offers) as server:
+        server.add(bad_offers(3, at_ms=now_ms() - 120_000), at_ms=now_ms() - 120_000)
+        src = FranceTravailSource(client(server), since_ms=now_ms() - 2 * HOUR_MS, departements=refs.departements, interval_s=1, overlap_s=3 * 3600)
+        src.open(None)
+        first: list[Any] = []
+        while not src.backfilled:
+            first += src.poll().records
+        server.update(offers[0]["id"], later_ms=now_ms())
+        again: list[Any] = []
+        src.cursor_s -= 5  # the next search is due: [cursor - overlap, now] covers every offer again
+        while src.windows_done < 2 or src.main.plan:
+            again += src.poll().records
+    assert len(first) == len(offers) + 5
+    # the second search saw every offer again, and sent only the one that changed
+    assert [r.key for r in again] == [offers[0]["id"]]
