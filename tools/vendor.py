@@ -135,19 +135,19 @@ PACKAGES: tuple[Package, ...] = (
 )
 
 
-def _run(cmd: list[str], cwd: Path | None = None) -> str:
+def run(cmd: list[str], cwd: Path | None = None) -> str:
     try:
         proc = subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True)
     except FileNotFoundError:
-        sys.exit(f"error: {cmd[0]} not found: node and npm must be installed")
+        sys.exit(f"error: {cmd[0]} not found: install it (npm comes with node)")
     except subprocess.CalledProcessError as exc:
         sys.exit(f"error: {' '.join(cmd)} failed ({exc.returncode}):\n{exc.stderr.strip()}")
     return proc.stdout
 
 
-def _sri_sha512(path: Path) -> str:
-    digest = hashlib.sha512(path.read_bytes()).digest()
-    return "sha512-" + base64.b64encode(digest).decode("ascii")
+def sri_sha512(data: bytes) -> str:
+    """The npm registry's integrity string of a tarball's bytes."""
+    return "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode("ascii")
 
 
 def _sha256(path: Path) -> str:
@@ -163,16 +163,16 @@ class Fetched:
 
 def fetch(pkg: Package, tmp: Path) -> Fetched:
     """npm pack the pinned version, check its integrity, and read the listed files."""
-    meta = json.loads(_run(["npm", "view", pkg.spec, "dist.integrity", "dist.tarball", "--json"]) or "{}")
+    meta = json.loads(run(["npm", "view", pkg.spec, "dist.integrity", "dist.tarball", "--json"]) or "{}")
     if meta.get("dist.integrity") != pkg.integrity:
         sys.exit(f"error: {pkg.spec}: the registry says {meta.get('dist.integrity')!r}, pinned {pkg.integrity!r}")
     if not str(meta.get("dist.tarball", "")).endswith("/" + pkg.tarball_path):
         sys.exit(f"error: {pkg.spec}: unexpected tarball location {meta.get('dist.tarball')!r}")
 
-    out = json.loads(_run(["npm", "pack", pkg.spec, "--json", "--pack-destination", str(tmp)], cwd=tmp))
+    out = json.loads(run(["npm", "pack", pkg.spec, "--json", "--pack-destination", str(tmp)], cwd=tmp))
     info = out[0] if isinstance(out, list) else out
     tarball = tmp / info["filename"]
-    actual = _sri_sha512(tarball)
+    actual = sri_sha512(tarball.read_bytes())
     if actual != pkg.integrity or info.get("integrity") != pkg.integrity:
         sys.exit(f"error: {pkg.spec}: tarball integrity {actual} (npm said {info.get('integrity')}), pinned {pkg.integrity}")
 

@@ -13,10 +13,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 AFFLUENT = str(Path(sys.executable).parent / "affluent")
 SCREENSHOTS = Path(__file__).parent / "screenshots"
@@ -127,3 +129,27 @@ class Page:
 
     def close(self) -> None:
         self.context.close()
+
+
+Events = list[tuple[str, dict[str, Any]]]
+
+
+def sse_events(url: str, *, until: Callable[[Events], bool], on: Callable[[Events], None] | None = None, timeout_s: float = 20.0) -> Events:
+    """Server-sent events from `url` until `until(events)`; `on(events)` after each other one (to write data mid-stream)."""
+    events: Events = []
+    deadline = time.monotonic() + timeout_s
+    with httpx.stream("GET", url, timeout=timeout_s) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        name = None
+        for line in resp.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: ") and name:
+                events.append((name, orjson.loads(line[6:])))
+                if until(events):
+                    return events
+                if on is not None:
+                    on(events)
+            if time.monotonic() > deadline:
+                break
+    raise AssertionError(f"the stream ended before the expected events: {[(n, e.get('kind')) for n, e in events]}")

@@ -19,8 +19,8 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-from affluent.analytics.base import DuckDBEngine
-from affluent.analytics.stock import analyze_stock, parse_when
+from affluent.analytics.base import DuckDBEngine, parse_when
+from affluent.analytics.stock import analyze_stock
 from affluent.apps.stock.catalogue import SEASONAL_PRODUCTS, season_of_month
 from affluent.apps.stock.pipeline import ALERTS, READINGS, RESTOCK, build_pipelines, run_until_drained, simulator_source
 from affluent.apps.stock.simulator import StockSimulator

@@ -14,29 +14,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from tests.e2e.dashboard import Affluent, wait_json
+from tests.e2e.dashboard import Affluent, sse_events, wait_json
 from tests.integration.gbfs_server import HTTP, GBFSServer
 
 pytestmark = pytest.mark.slow
-
-
-def sse_events(url: str, *, until: Any, timeout_s: float = 20.0) -> list[tuple[str, dict[str, Any]]]:
-    """Read server-sent events from `url` until `until(events)` is true."""
-    events: list[tuple[str, dict[str, Any]]] = []
-    deadline = time.monotonic() + timeout_s
-    with httpx.stream("GET", url, timeout=timeout_s) as resp:
-        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
-        name = None
-        for line in resp.iter_lines():
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: ") and name:
-                events.append((name, orjson.loads(line[6:])))
-                if until(events):
-                    return events
-            if time.monotonic() > deadline:
-                break
-    raise AssertionError(f"the stream ended before the expected events: {[(n, e['kind']) for n, e in events]}")
 
 
 @pytest.fixture(scope="module")

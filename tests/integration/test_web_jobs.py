@@ -11,7 +11,7 @@ import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import orjson
 import pytest
+from tests.e2e.dashboard import sse_events
 
 from affluent.apps.jobs.tables import (
     COUNT_COLUMNS,
@@ -468,27 +469,6 @@ def test_the_page_the_api_document_and_the_map_queries_plans(jobs_web: tuple[str
 
 
 # -- live updates ---------------------------------------------------------------------------------------------------------
-def read_events(
-    url: str, until: Callable[[list[tuple[str, dict[str, Any]]]], bool], on: Callable[[list[tuple[str, dict[str, Any]]]], None], timeout_s: float = 20
-) -> list[tuple[str, Any]]:
-    """Server-sent events until `until(events)`; `on(events)` is called after each one (to write data mid-stream)."""
-    events: list[tuple[str, dict[str, Any]]] = []
-    deadline = time.monotonic() + timeout_s
-    with httpx.stream("GET", url, timeout=timeout_s) as resp:
-        assert resp.status_code == 200
-        name = None
-        for line in resp.iter_lines():
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: ") and name:
-                events.append((name, orjson.loads(line[6:])))
-                if until(events):
-                    return events
-                on(events)
-            assert time.monotonic() < deadline, events
-    raise AssertionError(f"the stream ended: {events}")
-
-
 def test_live_channels_send_a_snapshot_then_what_a_new_offer_changes(tmp_path: Path) -> None:
     with dashboard(tmp_path) as (url, serving, log):
         live_scenario(url, serving, log)
@@ -508,7 +488,7 @@ def live_scenario(url: str, serving: Path, log: SQLiteLog) -> None:
         deltas = {n for n, e in events if e["kind"] == "delta"}
         return {"jobs.counter", "jobs.days", "jobs.latest"} <= deltas
 
-    events = read_events(url + "api/events?channels=jobs.counter,jobs.days,jobs.latest", done, write)
+    events = sse_events(url + "api/events?channels=jobs.counter,jobs.days,jobs.latest", until=done, on=write)
     snap = {n: e["data"] for n, e in events if e["kind"] == "snapshot"}
     assert snap["jobs.counter"]["today"] == 9 and snap["jobs.counter"]["hour"] == 3
     assert snap["jobs.days"]["key"] == ["day"]

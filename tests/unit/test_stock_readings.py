@@ -7,7 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from affluent.analytics.stock import DUCKDB, SPARK, parse_when, stock_questions
+from affluent.analytics.base import parse_when
+from affluent.analytics.stock import DUCKDB, SPARK, stock_questions
 from affluent.apps.stock.readings import BadReadingError, check_reading, event_time_ms, lake_row, shelf_key
 from affluent.core.errors import ConfigError
 from affluent.core.records import Record

@@ -28,12 +28,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from affluent.analytics.base import Question
-from affluent.core.clock import now_ms
 from affluent.core.errors import ConfigError
 
 DATASET = "stock_readings"
@@ -131,32 +130,6 @@ def stock_questions(dialect: Dialect, tz: str, *, since_ms: int | None = None, u
         "top": TOP_N,
     }
     return [Question(name, title, sql.format(**parts), (DATASET,)) for name, (title, sql) in _SQL.items()]
-
-
-def parse_when(text: str, tz: ZoneInfo, *, end: bool = False) -> int:
-    """A date or ISO datetime -> UTC epoch ms. A date is its local midnight, or the next one when `end`
-    (so `--until 2025-03-09` includes that day); a datetime without offset is local time.
-
-    >>> paris = ZoneInfo("Europe/Paris")
-    >>> parse_when("2025-03-03", paris), parse_when("2025-03-03", paris, end=True) - parse_when("2025-03-03", paris)
-    (1740956400000, 86400000)
-    >>> parse_when("2025-03-03T12:00:00Z", paris)
-    1741003200000
-    """
-    text = text.strip()
-    if text == "now":
-        return now_ms()
-    try:
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-            d = date.fromisoformat(text) + timedelta(days=1 if end else 0)
-            dt = datetime(d.year, d.month, d.day, tzinfo=tz)
-        else:
-            dt = datetime.fromisoformat(text)
-            if dt.tzinfo is None:
-                dt = dt.replace(tzinfo=tz)
-    except ValueError:
-        raise ConfigError(f"{text!r} is neither a date (2025-03-03) nor an ISO datetime (2025-03-03T08:00:00+01:00)") from None
-    return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
 
 
 def _iso(ms: int | None, tz: ZoneInfo) -> str | None:

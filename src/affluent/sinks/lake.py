@@ -130,7 +130,8 @@ class ParquetLakeSink(Sink):
     """Writes record values (dicts) as Parquet rows, partitioned by event date and hour.
 
     row: record -> dict (default: the value); time_ms: record -> event time (default: its timestamp);
-    tz: the time zone of the date=/hour= folders; schema: a pyarrow schema (default: inferred per flush).
+    tz: the time zone of the date=/hour= folders; schema: a pyarrow schema (default: inferred per flush);
+    with a schema, a row's keys that it does not name are left out.
     """
 
     def __init__(

@@ -47,7 +47,6 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -59,6 +58,7 @@ from affluent.core.errors import SourceUnavailableError
 from affluent.core.metrics import METRICS, Metrics
 from affluent.core.records import Record
 from affluent.core.sources import Source, SourcePoll
+from affluent.sources.http import parse_retry_after
 from affluent.sources.replay import ReplaySource
 
 log = logging.getLogger("affluent.sources.gbfs")
@@ -198,22 +198,6 @@ def version_family(version: Any) -> int:
     if m is None or int(m.group(1)) not in KNOWN_MAJOR_VERSIONS:
         raise GBFSVersionError(f"GBFS version {version!r} is not one this client knows (1.x, 2.x, 3.x)", retry_after_s=300.0)
     return int(m.group(1))
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After: seconds, or an HTTP date (seconds from now, never negative)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, ((when - _EPOCH) // _MS - now_ms()) / 1000)
 
 
 def error_reason(exc: BaseException) -> str:

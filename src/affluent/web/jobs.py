@@ -25,6 +25,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from affluent.apps.jobs.tables import COUNTS, CUBE, HOURLY, OFFERS
 from affluent.core.clock import now_ms
 from affluent.core.records import Record
+from affluent.sources.france_travail import paris_day
 from affluent.web.board import Board, queries
 from affluent.web.live import Channel, Computed, Feed, KeyedRows
 from affluent.web.queries import Queries
@@ -57,10 +58,6 @@ def shapes() -> dict[str, str]:
     """The 101 départements of the bundled map, code -> name, in the file's order."""
     raw = (resources.files("affluent.web") / "static" / "geo" / "departements.json").read_bytes()
     return {f["properties"]["code"]: f["properties"]["nom"] for f in orjson.loads(raw)["features"]}
-
-
-def paris_day(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, TZ).date().isoformat()
 
 
 def day_ms(day: str) -> int:
@@ -133,7 +130,7 @@ def trend(q: Queries, code: str, f: Filters) -> list[dict[str, Any]]:
     first, last = days_range(q)
     if first is None or last is None:
         return []
-    today = paris_day(now_ms())
+    today = paris_day(now_ms())[0]
     start = max(f.since or first, first)
     end = min(f.until or max(last, today), max(last, today))
     out = []
@@ -209,14 +206,14 @@ def filters(q: Queries) -> dict[str, Any]:
     for r in sorted(rows, key=lambda r: (-r["offers"], r["code"])):
         out[r["dimension"]].append({"code": r["code"], "label": r["label"], "offers": r["offers"]})
     first, last = days_range(q)
-    return {**out, "first_day": first, "last_day": last, "today": paris_day(now_ms()), "timezone": str(TZ)}
+    return {**out, "first_day": first, "last_day": last, "today": paris_day(now_ms())[0], "timezone": str(TZ)}
 
 
 def counter(q: Queries) -> dict[str, Any]:
     """Offers created today (Europe/Paris) and in the current hour, updates seen today, and the last 48 hours."""
     now = now_ms()
     hour = now // HOUR_MS * HOUR_MS
-    today = paris_day(now)
+    today = paris_day(now)[0]
     midnight = day_ms(today)
     first = min(midnight, hour - 47 * HOUR_MS)
     rows = q.serving(f"SELECT kind, hour_ms, offers FROM {HOURLY} WHERE kind IN ('created', 'updated') AND hour_ms >= ?", [first])

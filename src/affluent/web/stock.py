@@ -59,7 +59,8 @@ def get_shelves(q: Q, store_id: str | None = None) -> list[dict[str, Any]]:
 
 @router.get("/answers", summary="The five questions over the lake, for a period (dates or ISO datetimes, local time)")
 def get_answers(q: Q, since: str | None = None, until: str | None = None) -> dict[str, Any]:
-    from affluent.analytics.stock import DUCKDB, analyze_stock, check_tz, parse_when
+    from affluent.analytics.base import parse_when
+    from affluent.analytics.stock import DUCKDB, analyze_stock, check_tz
 
     tz = q.settings.stock.timezone
     try:

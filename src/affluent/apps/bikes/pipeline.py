@@ -368,11 +368,6 @@ def _minute() -> TumblingWindow:
     return TumblingWindow(MINUTE_MS, grace_ms=MINUTE_MS, idle_ms=None)
 
 
-def _lake_row(r: Record) -> dict[str, Any]:
-    v = r.value
-    return {f.name: v.get(f.name) for f in LAKE_SCHEMA}
-
-
 def _lake_time(r: Record) -> int:
     return int(r.value["last_reported_ms"])
 
@@ -435,5 +430,5 @@ def build_pipelines(
     # Parquet files hold more rows when the lake commits seldom; it still reads every second, so that what it
     # read is written when the runtime stops (closing commits)
     lake = Pipeline("bikes-lake", commit_interval_ms=lake_commit_ms, poll_interval_ms=min(lake_commit_ms, 1_000) or 50, max_event_ahead_ms=max_event_ahead_ms)
-    lake.topic(T_STATE).to_sink(ParquetLakeSink(lake_root, STATION_STATUS, row=_lake_row, time_ms=_lake_time, schema=LAKE_SCHEMA, tz="UTC"))
+    lake.topic(T_STATE).to_sink(ParquetLakeSink(lake_root, STATION_STATUS, time_ms=_lake_time, schema=LAKE_SCHEMA, tz="UTC"))
     return [feeds, live, lake]

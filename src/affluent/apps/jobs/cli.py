@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from datetime import datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
@@ -35,7 +36,7 @@ def parse_since(text: str) -> int:
     >>> parse_since("2026-03-10"), parse_since("2026-03-10T08:00:00Z")
     (1773097200000, 1773129600000)
     """
-    from affluent.analytics.stock import parse_when
+    from affluent.analytics.base import parse_when
 
     m = _AGO.fullmatch(text.strip())
     if m:
@@ -107,9 +108,8 @@ def analyze_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the answers as JSON.")] = False,
 ) -> None:
     """Over the lake: offers per département × grand domaine, top 10 titles per département, daily trend, CDI share, offers without a place."""
-    from affluent.analytics.base import DuckDBEngine, EmptyLakeError
+    from affluent.analytics.base import DuckDBEngine, EmptyLakeError, parse_when
     from affluent.analytics.jobs import analyze_jobs
-    from affluent.analytics.stock import parse_when
     from affluent.cli.common import err_console, fail, settings
     from affluent.config import lake_path
 
@@ -143,8 +143,6 @@ def analyze_command(
 
 
 def _when(ms: Any) -> str:
-    from datetime import datetime
-
     return "-" if ms is None else datetime.fromtimestamp(ms / 1000, PARIS).strftime("%Y-%m-%d %H:%M")
 
 

@@ -126,15 +126,6 @@ def _table_is(name: str) -> Any:
     return lambda v: v["table"] == name
 
 
-def _offer_row(r: Record) -> dict[str, Any]:
-    return r.value  # type: ignore[no-any-return]
-
-
-def _lake_row(r: Record) -> dict[str, Any]:
-    v = r.value
-    return {f.name: v.get(f.name) for f in LAKE_SCHEMA}
-
-
 def _lake_time(r: Record) -> int:
     return int(r.value["created_ms"])
 
@@ -175,7 +166,6 @@ def build_pipelines(
             tables.OFFER_KEY,
             tables.OFFER_COLUMNS,
             "created_ms",
-            row=_offer_row,
             indexes=[("departement", "created_ms"), ("created_ms",)],
         )
     )
@@ -189,5 +179,5 @@ def build_pipelines(
     by_table[tables.HOURLY].to_sink(serving(tables.HOURLY, tables.HOURLY_KEY, tables.HOURLY_COLUMNS, "hour_ms"))
 
     lake = Pipeline("jobs-lake", commit_interval_ms=lake_commit_ms, poll_interval_ms=min(lake_commit_ms, 1_000) or 50, max_event_ahead_ms=max_event_ahead_ms)
-    lake.topic(T_OFFERS).to_sink(ParquetLakeSink(lake_root, LAKE_OFFERS, row=_lake_row, time_ms=_lake_time, schema=LAKE_SCHEMA, tz="UTC"))
+    lake.topic(T_OFFERS).to_sink(ParquetLakeSink(lake_root, LAKE_OFFERS, time_ms=_lake_time, schema=LAKE_SCHEMA, tz="UTC"))
     return [p, lake]

@@ -79,8 +79,8 @@ def analyze_command(
     tz: Annotated[str | None, typer.Option("--tz", help="Time zone of days and hours (default: setting stock.timezone).")] = None,
 ) -> None:
     """Answer StockNow's questions over the lake: weekend vs weekday alerts, top products, top hours, mean stock, hourly trend."""
-    from affluent.analytics.base import DuckDBEngine, EmptyLakeError
-    from affluent.analytics.stock import DUCKDB, analyze_stock, check_tz, parse_when
+    from affluent.analytics.base import DuckDBEngine, EmptyLakeError, parse_when
+    from affluent.analytics.stock import DUCKDB, analyze_stock, check_tz
     from affluent.cli.common import err_console
     from affluent.config import lake_path
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from affluent.analytics.stock import parse_when
+from affluent.analytics.base import parse_when
 from affluent.apps.stock.keyed_state import DropRepeats, keyed_state
 from affluent.apps.stock.readings import (
     LAKE_SCHEMA,

@@ -25,7 +25,7 @@ import orjson
 from pydantic import SecretStr
 
 from affluent.core.errors import ConfigError, SourceUnavailableError
-from affluent.sources.gbfs import parse_retry_after
+from affluent.sources.http import parse_retry_after
 
 log = logging.getLogger("affluent.sources.france_travail")
 

@@ -30,6 +30,7 @@ import logging
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -128,7 +129,8 @@ class FranceTravailSource(Source):
         self.sweeps = 0
         self.started = time.monotonic()
         self._requests_before = client.requests
-        self._request_times: list[float] = []
+        #: when the last requests left, for the request rate the progress bar shows
+        self._request_times: deque[float] = deque(maxlen=256)
         self.failures = 0
         self.error: str | None = None
         #: id -> (dateActualisation, created ms) of offers emitted lately: overlapping windows and refreshes re-send them
@@ -212,7 +214,6 @@ class FranceTravailSource(Source):
                     self.backfill_end_s = crawl.plan[0][1]
         window = crawl.plan[0]
         try:
-            self._request_times = [t for t in self._request_times[-200:] if t > time.monotonic() - 60]
             self._request_times.append(time.monotonic())
             page = self.client.search(self._params(window), crawl.next)
         except SourceUnavailableError as exc:
