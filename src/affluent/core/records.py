@@ -364,3 +364,12 @@ class ValueDecoder:
         self.schema = schema
         self.decode_many: Callable[[bytes], list[Any]] = msgspec.json.Decoder(list[schema]).decode
         self.decode_one: Callable[[bytes], Any] = msgspec.json.Decoder(schema).decode
+
+
+def decode_values(raw: Sequence[bytes], value_format: str = "json", decoder: ValueDecoder | None = None) -> tuple[list[Any], list[DecodeFailure]]:
+    """Decode stored values one record each (backends that keep a record per value, such as Kafka)."""
+    if value_format == "bytes":
+        return list(raw), []
+    if value_format == "text":
+        return [v.decode("utf-8", "replace") for v in raw], []
+    return _decode_section(b"".join((b"[", b",".join(raw), b"]")), array("I", map(len, raw)), decoder, False)

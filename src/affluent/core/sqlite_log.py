@@ -18,7 +18,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import orjson
 
 from affluent.core.clock import now_ms
@@ -43,11 +42,11 @@ from affluent.core.log import (
     TopicInfo,
     check_topic_name,
     partition_for,
+    serialise_values,
 )
-from affluent.core.records import Record, RecordBatch, ValueDecoder, decode_batch, decode_chunks, encode_batch, encode_values
+from affluent.core.records import Record, RecordBatch, ValueDecoder, decode_batch, decode_chunks, encode_batch
 
 SCHEMA_VERSION = "1"
-_RAW_ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
 MAX_BATCH_RECORDS = 8192
 MAX_BATCH_BYTES = 1 << 20
 
@@ -259,7 +258,7 @@ class SQLiteLog(Log):
         topic_id, config = self._topic(topic, conn)
         if conn.execute("SELECT 1 FROM partitions WHERE topic_id=? LIMIT 1", (topic_id,)).fetchone() is None:
             topic_id, config = self._topic(topic, conn, refresh=True)  # deleted, maybe recreated, by another client
-        raw, split = _serialise(topic, config.value_format, batch)
+        raw, split = serialise_values(topic, config.value_format, batch)
         groups: dict[int, Sequence[int]]
         if config.partitions == 1 or partition is not None:
             p = partition or 0
@@ -517,40 +516,6 @@ class SQLiteLog(Log):
                         (topic_id, p, topic_id, p),
                     )
         return dropped
-
-
-def _serialise(topic: str, value_format: str, batch: OutgoingBatch) -> tuple[list[bytes], bool]:
-    """Values as stored bytes, and whether some are not valid JSON (then readers decode one by one)."""
-    values = batch.values
-    if value_format == "json":
-        if not batch.raw:
-            return encode_values(values), False
-        if batch.checked:
-            return list(values), False
-        values = list(values)
-        try:
-            # one parse of the whole array into raw slices: every value must be exactly one slice
-            elements = _RAW_ARRAY.decode(b"".join((b"[", b",".join(values), b"]")))
-            if list(map(len, elements)) == list(map(len, values)):
-                return values, False
-        except msgspec.DecodeError:
-            pass
-        loads = orjson.loads
-        try:
-            for v in values:
-                loads(v)
-            return values, False
-        except orjson.JSONDecodeError:
-            return values, True  # kept as sent: readers dead-letter the bad ones with the reason
-    out: list[bytes] = []
-    for v in values:
-        if isinstance(v, bytes | bytearray | memoryview):
-            out.append(bytes(v))
-        elif isinstance(v, str) and value_format == "text":
-            out.append(v.encode())
-        else:
-            raise ConfigError(f"topic {topic!r} holds {value_format} values, not {type(v).__name__}")
-    return out, False
 
 
 def _chunks(values: Sequence[bytes]) -> Iterator[tuple[int, int]]:
