@@ -58,14 +58,27 @@ def test_unknown_topic_in_an_empty_log(log: SQLiteLog) -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("kafka://localhost:9092", "Kafka log backend is not available"),
+        ("kafka://", "bad Kafka log URL 'kafka://'"),
+        ("kafka://h:9092?replication_factor=three&sasl.password=hunter2", "replication_factor and timeout_s must be numbers"),
         ("postgres://x", "unknown log URL 'postgres://x'"),
         ("sqlite:///", "bad SQLite log URL"),
     ],
 )
 def test_bad_log_urls(url: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as err:
         open_log(url)
+    assert "hunter2" not in str(err.value)
+
+
+def test_kafka_url_options_and_secrets() -> None:
+    from affluent.core.kafka_log import parse_kafka_url, redact_url
+
+    url = "kafka://b1:9092,b2:9092?security.protocol=SASL_SSL&sasl.username=app&sasl.password=s3cr%26t&linger.ms=20"
+    assert parse_kafka_url(url) == ("b1:9092,b2:9092", {"security.protocol": "SASL_SSL", "sasl.username": "app", "sasl.password": "s3cr&t", "linger.ms": "20"})
+    shown = redact_url(url)
+    assert "s3cr" not in shown and "sasl.password=***" in shown and "sasl.username=app" in shown
+    log_ = open_log(url + "&timeout_s=1")
+    assert "s3cr" not in log_.url and "s3cr" not in repr(vars(log_).get("url"))
 
 
 def test_open_log_by_url_and_bad_options(tmp_path: Path) -> None:
