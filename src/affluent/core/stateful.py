@@ -221,8 +221,9 @@ class WindowOp(Node):
         idle = self.window.idle_ms
         now = ctx.now_wall_ms
         lowest = MAX_TIME
-        for q in set(self.input_wm) | ctx.backlog:
-            if q not in ctx.backlog and idle is not None and now - self.input_wall.get(q, now) >= idle:
+        backlog = ctx.backlog_partitions()
+        for q in set(self.input_wm) | backlog:
+            if q not in backlog and idle is not None and now - self.input_wall.get(q, now) >= idle:
                 continue
             lowest = min(lowest, self.input_wm.get(q, MIN_TIME))
         return lowest if lowest != MAX_TIME else max(self.input_wm.values(), default=MIN_TIME)
@@ -303,7 +304,7 @@ class WindowOp(Node):
         if idle is None:
             return
         for p, part in self.parts.items():
-            if part.wm == MIN_TIME or (not self.across and p not in ctx.caught_up):
+            if part.wm == MIN_TIME or (not self.across and not ctx.partition_caught_up(p)):
                 continue  # during a catch-up, a filter dropping everything for a while is not idleness
             if now_wall_ms - part.last_data_wall >= idle:
                 part.wm += now_wall_ms - max(part.last_tick_wall, part.last_data_wall + idle)
