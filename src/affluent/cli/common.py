@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import NoReturn
 
 from rich.console import Console
@@ -11,7 +12,7 @@ from rich.logging import RichHandler
 from rich.text import Text
 
 from affluent.config import Settings, load_settings
-from affluent.core.errors import AffluentError
+from affluent.core.errors import AffluentError, TransientError
 from affluent.core.log import Log, open_log
 
 console = Console()
@@ -50,6 +51,19 @@ def open_configured_log(s: Settings | None = None) -> Log:
     if s.log.url.startswith("sqlite://"):
         return open_log(s.log.url, synchronous=s.log.synchronous)
     return open_log(s.log.url)
+
+
+def wait_for_log(log: Log, *, max_backoff_s: float = 30.0) -> None:
+    """Until the log answers: a broker that is down at start is waited for, one line per try."""
+    backoff = 1.0
+    while True:
+        try:
+            log.list_topics()
+            return
+        except TransientError as exc:
+            err_console.print(Text.assemble(("waiting for the log:", "yellow"), f" {exc}; retrying in {backoff:.0f} s"))
+            time.sleep(backoff)
+            backoff = min(backoff * 2, max_backoff_s)
 
 
 def fail(exc: AffluentError | str, code: int = 1) -> NoReturn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
@@ -15,7 +16,7 @@ from rich.text import Text
 
 from affluent.apps import available_apps
 from affluent.cli import topics
-from affluent.cli.common import console, fail, open_configured_log, settings, setup_logging
+from affluent.cli.common import console, fail, open_configured_log, settings, setup_logging, wait_for_log
 from affluent.config import Settings
 from affluent.core.errors import AffluentError, PipelineAlreadyRunningError
 from affluent.core.pipeline import Pipeline
@@ -40,8 +41,16 @@ app.add_typer(lake_app, name="lake")
 
 
 @app.callback()
-def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    log_url: Annotated[
+        str | None,
+        typer.Option("--log", help="The log: sqlite:///path (embedded) or kafka://host:9092[,host2:9092][?option=value] (default: setting log.url)."),
+    ] = None,
+) -> None:
     setup_logging(verbose)
+    if log_url is not None:  # for every command of this process, as AFFLUENT__LOG__URL would
+        os.environ["AFFLUENT__LOG__URL"] = log_url
 
 
 def _status_table(rt: Runtime, started: float) -> RichTable:
@@ -75,6 +84,7 @@ def run_pipelines(
     """
     try:
         log = open_configured_log()
+        wait_for_log(log)
     except AffluentError as exc:
         fail(exc)
     rt = Runtime(log, fail_fast=fail_fast)

@@ -23,7 +23,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
@@ -70,6 +71,8 @@ STATUSES_TOPIC = "affluent.statuses"
 #: the event time of a record whose time Kafka cannot hold (1970 and before) travels in this header
 TIME_HEADER = "affluent.ts"
 CHANGELOG_SUFFIX = ".changelog"
+#: how long to wait for the cluster's metadata: a broker that is down is said soon, and retried
+METADATA_TIMEOUT_S = 10.0
 #: a topic's partition count is looked up again this often: another client may delete or grow it
 PARTITIONS_TTL_S = 5.0
 _PRODUCER_ONLY = {"linger.ms", "batch.size", "batch.num.messages", "compression.type", "acks", "enable.idempotence", "partitioner"}
@@ -135,6 +138,8 @@ class KafkaLog(Log):
         self._lock = threading.RLock()
         self._admin: Any = None
         self._producer: Any = None
+        self._plain: Any = None
+        self._offsets: Any = None
         self._groups: dict[str, Any] = {}
         #: lease name -> (owner, transactional producer, lock: one transaction at a time)
         self._leases: dict[str, tuple[str, Any, threading.Lock]] = {}
@@ -157,12 +162,67 @@ class KafkaLog(Log):
                 self._admin = AdminClient(self._admin_conf)
             return self._admin
 
+    def _new_producer(self, transactional_id: str) -> Any:
+        conf = {"linger.ms": 5, "compression.type": "lz4", "partitioner": "murmur2_random", **self._producer_conf}
+        prod = ck.Producer({**conf, "transactional.id": transactional_id})
+        with self._errors("connecting a producer to"):
+            prod.init_transactions(self.timeout_s)
+        return prod
+
     def _plain_producer(self) -> Any:
+        """An idempotent producer for appends outside checkpoints: offsets run on without transaction markers."""
+        with self._lock:
+            if self._plain is None:
+                conf = {"enable.idempotence": True, "linger.ms": 5, "compression.type": "lz4", "partitioner": "murmur2_random", **self._producer_conf}
+                self._plain = ck.Producer(conf)
+            return self._plain
+
+    def _client_producer(self) -> Any:
+        """This client's own transactional producer, for writes outside any lease (each append is all or nothing)."""
         with self._lock:
             if self._producer is None:
-                conf = {"enable.idempotence": True, "linger.ms": 5, "compression.type": "lz4", "partitioner": "murmur2_random", **self._producer_conf}
-                self._producer = ck.Producer(conf)
+                self._producer = self._new_producer(f"affluent.client.{uuid.uuid4().hex}")
             return self._producer
+
+    def _transaction(self, prod: Any, doing: str, fill: Callable[[], None], offsets: Callable[[], None] | None = None) -> None:
+        """Run `fill` (and `offsets`) in one transaction of `prod`: committed whole, or aborted and raised."""
+        try:
+            prod.begin_transaction()
+            fill()
+            if offsets is not None:
+                offsets()
+            deadline = time.monotonic() + self.timeout_s
+            while True:
+                try:
+                    prod.commit_transaction(self.timeout_s)
+                    return
+                except ck.KafkaException as exc:  # a commit that timed out is retried, never started again
+                    if not exc.args[0].retriable() or time.monotonic() > deadline:
+                        raise
+        except ck.KafkaException as exc:
+            err = exc.args[0]
+            mapped = self._error(err, doing)
+            if err.fatal() or isinstance(mapped, FencedError):
+                self._drop_producer(prod)
+            else:
+                with contextlib.suppress(ck.KafkaException):
+                    prod.abort_transaction(self.timeout_s)
+            raise mapped from exc
+        except BaseException:
+            with contextlib.suppress(ck.KafkaException):
+                prod.abort_transaction(self.timeout_s)
+            raise
+
+    def _drop_producer(self, prod: Any) -> None:
+        with self._lock:
+            if prod is self._producer:
+                self._producer = None
+            if self._plain is not None:
+                self._plain.flush(self.timeout_s)
+                self._plain = None
+            for name, held in list(self._leases.items()):
+                if held[1] is prod:
+                    del self._leases[name]
 
     def consumer_conf(self, group: str, **extra: Any) -> dict[str, Any]:
         return {
@@ -219,9 +279,7 @@ class KafkaLog(Log):
                 with contextlib.suppress(Exception):
                     prod.flush(1)
             self._leases.clear()
-            if self._producer is not None:
-                self._producer.flush(self.timeout_s)
-                self._producer = None
+            self._producer = None
             for c in self._groups.values():
                 with contextlib.suppress(Exception):
                     c.close()
@@ -234,7 +292,7 @@ class KafkaLog(Log):
     def _metadata(self, topic: str | None = None) -> Any:
         # every topic's: a request for one topic may create it on brokers that auto-create topics
         with self._errors("reading the metadata of"):
-            return self._admin_client().list_topics(timeout=self.timeout_s)
+            return self._admin_client().list_topics(timeout=min(self.timeout_s, METADATA_TIMEOUT_S))
 
     def _partitions(self, name: str) -> int:
         md = self._metadata(name)
@@ -285,7 +343,7 @@ class KafkaLog(Log):
             if not exist_ok:
                 raise TopicExistsError(name)
         else:
-            self._meta_topic(TOPICS_TOPIC).put(name, config.to_dict())
+            self._meta_topic(TOPICS_TOPIC).put({name: config.to_dict()})
             self._configs[name] = config
         return self.describe_topic(name)
 
@@ -300,7 +358,7 @@ class KafkaLog(Log):
             raise self._error(exc.args[0], f"deleting topic {name!r} from") from exc
         self._configs.pop(name, None)
         self._counts.pop(name, None)
-        self._meta_topic(TOPICS_TOPIC).put(name, None)
+        self._meta_topic(TOPICS_TOPIC).put({name: None})
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline and name in self._metadata().topics:
             time.sleep(0.05)
@@ -342,12 +400,18 @@ class KafkaLog(Log):
         return TopicInfo(name, config, tuple(parts))
 
     def _watermarks(self, topic: str, partitions: int) -> dict[int, tuple[int, int]]:
-        c = self._reader().consumer
-        out = {}
         with self._errors(f"reading the offsets of topic {topic!r} in"):
-            for p in range(partitions):
-                out[p] = c.get_watermark_offsets(ck.TopicPartition(topic, p), timeout=self.timeout_s, cached=False)
-        return out
+            return {p: self.watermarks(topic, p) for p in range(partitions)}
+
+    def watermarks(self, topic: str, partition: int) -> tuple[int, int]:
+        """(first offset held, next offset to be written): records of open transactions count."""
+        with self._lock:
+            if self._offsets is None:
+                # read_uncommitted: the end is where the next record goes, whatever transactions are open
+                self._offsets = ck.Consumer(self.consumer_conf("affluent.reader", **{"isolation.level": "read_uncommitted"}))
+            c = self._offsets
+        lo, hi = c.get_watermark_offsets(ck.TopicPartition(topic, partition), timeout=self.timeout_s, cached=False)
+        return int(lo), int(hi)
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         return {p: hi for p, (_, hi) in self._watermarks(topic, self._partitions(topic)).items()}
@@ -372,7 +436,7 @@ class KafkaLog(Log):
         if partition is not None and not 0 <= partition < n:
             raise ConfigError(f"topic {topic!r} has {n} partitions, there is no partition {partition}")
         prod = self._plain_producer()
-        with self._lock:  # one append's records stay together, as on the embedded log
+        with self._lock:  # one append's records are sent together
             delivered = self._produce(prod, topic, out, partition)
             with self._errors(f"appending to topic {topic!r} in"):
                 left = prod.flush(self.timeout_s)
@@ -469,36 +533,32 @@ class KafkaLog(Log):
         if held is None or held[0] != cp.owner:
             raise FencedError(f"pipeline {lease!r} is no longer held by owner {cp.owner} here (it stopped, or was taken over); nothing more is written")
         _, prod, lock = held
-        result: dict[str, dict[int, tuple[int, int]]] = {}
-        with lock, self._errors(f"committing a checkpoint of {cp.group!r} to"):
-            prod.begin_transaction()
-            try:
-                delivered = [self._produce(prod, t, b, None) for t, b in cp.appends.items() if len(b)]
-                self._produce_state(prod, cp.state)
-                if cp.offsets:
-                    tps = [ck.TopicPartition(t, p, o) for (t, p), o in cp.offsets.items()]
-                    prod.send_offsets_to_transaction(tps, self._group_client(cp.group).consumer_group_metadata(), self.timeout_s)
-                prod.commit_transaction(self.timeout_s)
-            except ck.KafkaException as exc:
-                err = exc.args[0]
-                if not err.fatal() and not isinstance(self._error(err, ""), FencedError):
-                    with contextlib.suppress(ck.KafkaException):
-                        prod.abort_transaction(self.timeout_s)
-                else:
-                    self._leases.pop(lease, None)
-                raise
-            for d in delivered:
-                result[d.topic] = d.result(self)
-        return result
+        with lock:
+            return self._commit(prod, cp)
+
+    def _commit(self, prod: Any, cp: Checkpoint) -> dict[str, dict[int, tuple[int, int]]]:
+        delivered: list[_Delivered] = []
+
+        def fill() -> None:
+            delivered.extend(self._produce(prod, t, b, None) for t, b in cp.appends.items() if len(b))
+            self._produce_state(prod, cp.state)
+
+        def offsets() -> None:
+            if cp.offsets:
+                tps = [ck.TopicPartition(t, p, o) for (t, p), o in cp.offsets.items()]
+                prod.send_offsets_to_transaction(tps, self._group_client(cp.group).consumer_group_metadata(), self.timeout_s)
+
+        self._transaction(prod, f"committing a checkpoint of {cp.group!r} to", fill, offsets)
+        return {d.topic: d.result(self) for d in delivered}
 
     def _commit_plain(self, cp: Checkpoint) -> dict[str, dict[int, tuple[int, int]]]:
-        """A checkpoint outside any lease (tools, tests): appends, state, then offsets; not atomic."""
-        result = {t: self.append(t, b) for t, b in cp.appends.items() if len(b)}
-        if cp.state:
-            prod = self._plain_producer()
+        """A checkpoint outside any lease (tools, tests): outputs and state in one transaction of this
+        client's producer, then the offsets. Only a lease's checkpoint is one transaction in all."""
+        result: dict[str, dict[int, tuple[int, int]]] = {}
+        if any(len(b) for b in cp.appends.values()) or cp.state:
+            prod = self._client_producer()
             with self._lock:
-                self._produce_state(prod, cp.state)
-                prod.flush(self.timeout_s)
+                result = self._commit(prod, Checkpoint(group=cp.group, appends=cp.appends, state=cp.state))
         if cp.offsets:
             with self._errors(f"committing offsets of group {cp.group!r} to"):
                 self._group_client(cp.group).commit(offsets=[ck.TopicPartition(t, p, o) for (t, p), o in cp.offsets.items()], asynchronous=False)
@@ -556,7 +616,7 @@ class KafkaLog(Log):
         c = ck.Consumer(self.consumer_conf("affluent.reader", **{"enable.partition.eof": True}))
         try:
             with self._errors(f"reading topic {topic!r} from"):
-                lo, hi = c.get_watermark_offsets(ck.TopicPartition(topic, partition), timeout=self.timeout_s, cached=False)
+                lo, hi = self.watermarks(topic, partition)
                 if hi <= lo:
                     return []
                 c.assign([ck.TopicPartition(topic, partition, lo)])
@@ -594,15 +654,12 @@ class KafkaLog(Log):
             if held is not None and held[0] == owner:
                 continue
             # a new producer with the lease's transactional id fences the previous owner's
-            conf = {"linger.ms": 5, "compression.type": "lz4", "partitioner": "murmur2_random", **self._producer_conf}
-            prod = ck.Producer({**conf, "transactional.id": f"affluent.{name}"})
-            with self._errors(f"claiming pipeline {name!r} in"):
-                prod.init_transactions(self.timeout_s)
+            prod = self._new_producer(f"affluent.{name}")
             self._leases[name] = (owner, prod, threading.Lock())
             self._beat(name, owner)
 
     def _beat(self, name: str, owner: str) -> None:
-        self._meta_topic(LEASES_TOPIC).put(name, {"owner": owner, "pid": os.getpid(), "host": socket.gethostname(), "heartbeat_ms": now_ms()})
+        self._meta_topic(LEASES_TOPIC).put({name: {"owner": owner, "pid": os.getpid(), "host": socket.gethostname(), "heartbeat_ms": now_ms()}})
 
     def check_lease(self, name: str, owner: str) -> None:
         held = self._leases.get(name)
@@ -622,15 +679,13 @@ class KafkaLog(Log):
         self._leases.pop(name, None)
         row = self._meta_topic(LEASES_TOPIC).latest().get(name)
         if row is not None and row.get("owner") == owner:
-            self._meta_topic(LEASES_TOPIC).put(name, {"owner": None, "heartbeat_ms": now_ms()})
+            self._meta_topic(LEASES_TOPIC).put({name: {"owner": None, "heartbeat_ms": now_ms()}})
 
     # -- status ----------------------------------------------------------------------------------------------------
     def put_statuses(self, statuses: Mapping[str, Mapping[str, Any]]) -> None:
         meta = self._meta_topic(STATUSES_TOPIC)
         host, now = socket.gethostname(), now_ms()
-        for name, st in statuses.items():
-            meta.put(name, {**st, "pid": os.getpid(), "host": host, "updated_ms": now}, flush=False)
-        meta.flush()
+        meta.put({name: {**st, "pid": os.getpid(), "host": host, "updated_ms": now} for name, st in statuses.items()})
 
     def statuses(self) -> dict[str, dict[str, Any]]:
         return {k: v for k, v in sorted(self._meta_topic(STATUSES_TOPIC).latest().items()) if v is not None}
@@ -753,7 +808,7 @@ class _Reader:
             with self.log._errors(f"reading topic {topic!r} from"):
                 self._poll(0)
                 if not buf:
-                    end = self.consumer.get_watermark_offsets(ck.TopicPartition(topic, partition), timeout=self.log.timeout_s, cached=False)[1]
+                    end = self.log.watermarks(topic, partition)[1]
                     # records are there (or a transaction's, not committed yet): wait a little for the fetch
                     deadline = time.monotonic() + (self.log.timeout_s if tp not in self.eof else 0.5)
                     while end > offset and not buf and self.eof.get(tp, -1) < end and time.monotonic() < deadline:
@@ -819,26 +874,26 @@ class _MetaTopic:
         self.name = name
         self.values: dict[str, Any] = {}
         self.position = 0
-        self.consumer = ck.Consumer(log_.consumer_conf("affluent.reader", **{"enable.partition.eof": True, "isolation.level": "read_uncommitted"}))
+        self.consumer = ck.Consumer(log_.consumer_conf("affluent.reader", **{"enable.partition.eof": True}))
         self.lock = threading.Lock()
 
-    def put(self, key: str, value: Any, *, flush: bool = True) -> None:
-        prod = self.log._plain_producer()
-        prod.produce(self.name, key=key.encode(), value=None if value is None else orjson.dumps(value), partition=0)
-        if flush:
-            self.flush()
+    def put(self, items: Mapping[str, Any]) -> None:
+        """Write each key's new value (None deletes it), in one transaction."""
+        log_ = self.log
+        prod = log_._client_producer()
 
-    def flush(self) -> None:
-        prod = self.log._plain_producer()
-        with self.log._errors(f"writing {self.name!r} in"):
-            if prod.flush(self.log.timeout_s):
-                raise LogUnavailableError(f"writing {self.name!r} in the Kafka log at {self.log.bootstrap}: not acknowledged in {self.log.timeout_s:g} s")
+        def fill() -> None:
+            for key, value in items.items():
+                prod.produce(self.name, key=key.encode(), value=None if value is None else orjson.dumps(value), partition=0)
+
+        with log_._lock:
+            log_._transaction(prod, f"writing {self.name!r} in", fill)
 
     def latest(self) -> dict[str, Any]:
         """Every key's latest value, after reading what was written since the last call."""
         with self.lock, self.log._errors(f"reading {self.name!r} in"):
             c = self.consumer
-            end = c.get_watermark_offsets(ck.TopicPartition(self.name, 0), timeout=self.log.timeout_s, cached=False)[1]
+            end = self.log.watermarks(self.name, 0)[1]
             if end <= self.position:
                 return self.values
             c.assign([ck.TopicPartition(self.name, 0, self.position)])
