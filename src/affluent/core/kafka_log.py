@@ -2,7 +2,8 @@
 
 One Kafka record per affluent record: other Kafka clients read and write the same topics. The URL's
 query holds librdkafka options (`security.protocol`, `sasl.mechanism`, `sasl.username`,
-`sasl.password`, …), `producer.<option>` and `consumer.<option>` for one side only, and affluent's
+`sasl.password`, …), `producer.<option>` and `consumer.<option>` for one side only,
+`append.<option>` for the idempotent producer of plain appends (outside checkpoints), and affluent's
 own: `replication_factor` (default: the broker's) and `timeout_s`. Secrets never appear in `url`.
 
 Exactly-once: a checkpoint made under a lease is one Kafka transaction holding the outputs, the
@@ -126,7 +127,8 @@ class KafkaLog(Log):
             "log_level": 2,
             "logger": logging.getLogger("affluent.kafka"),
         }
-        self._producer_conf = {**common, **{k: v for k, v in opts.items() if not k.startswith(("consumer.", "producer."))}}
+        self._producer_conf = {**common, **{k: v for k, v in opts.items() if not k.startswith(("consumer.", "producer.", "append."))}}
+        self._append_conf = {k.removeprefix("append."): v for k, v in opts.items() if k.startswith("append.")}
         self._consumer_conf = {k: v for k, v in self._producer_conf.items() if k not in _PRODUCER_ONLY}
         for k, v in opts.items():
             if k.startswith("producer."):
@@ -174,7 +176,7 @@ class KafkaLog(Log):
         with self._lock:
             if self._plain is None:
                 conf = {"enable.idempotence": True, "linger.ms": 5, "compression.type": "lz4", "partitioner": "murmur2_random", **self._producer_conf}
-                self._plain = ck.Producer(conf)
+                self._plain = ck.Producer({**conf, **self._append_conf})
             return self._plain
 
     def _client_producer(self) -> Any:
@@ -191,14 +193,15 @@ class KafkaLog(Log):
             fill()
             if offsets is not None:
                 offsets()
-            deadline = time.monotonic() + self.timeout_s
+            deadline = time.monotonic() + 4 * self.timeout_s
             while True:
                 try:
                     prod.commit_transaction(self.timeout_s)
                     return
-                except ck.KafkaException as exc:  # a commit that timed out is retried, never started again
+                except ck.KafkaException as exc:  # a commit that timed out is resumed, never started again
                     if not exc.args[0].retriable() or time.monotonic() > deadline:
                         raise
+                    time.sleep(0.1)
         except ck.KafkaException as exc:
             err = exc.args[0]
             mapped = self._error(err, doing)

@@ -4,7 +4,8 @@ tansu keeps its data in memory and is started on a free loopback port. Where it 
 Apache Kafka, the URL it gives works around it, here and never in affluent's code:
 
 - its high watermark counts only the first record of a partition's last batch, so the URL makes
-  producers send one record per batch (`batch.num.messages=1`): slow, but exact.
+  plain appends send one record per batch (`append.batch.num.messages=1`). Checkpoints are
+  transactions, whose last batch is a one-record marker: they batch as usual.
 
 Other known gaps: its last stable offset reads 0 while a transaction is open (affluent reads the
 ends of partitions read_uncommitted, as "the next offset to be written");
@@ -36,7 +37,7 @@ def tansu_binary() -> str | None:
 
 
 #: librdkafka options that work around tansu's gaps (see above)
-TANSU_OPTIONS = "batch.num.messages=1"
+TANSU_OPTIONS = "append.batch.num.messages=1"
 
 
 def _free_port() -> int:
