@@ -142,18 +142,25 @@ class StateChange:
     value: bytes | None  # None deletes
 
 
+TP = tuple[str, int]
+
+
 @dataclass(slots=True)
 class Checkpoint:
     """Everything a pipeline task commits at once.
 
     appends: outputs per topic; offsets: the next offset to read per (topic, partition) for `group`;
     state: keyed state changes; owner: the lease that must still be held for the commit to apply.
+    A member of a group (a worker) sets `member` and `partitions` instead of a lease: the commit
+    applies only while that member still owns every one of those input partitions.
     """
 
     group: str = ""
     owner: str | None = None
     #: the lease `owner` must hold (default: the group's)
     lease: str | None = None
+    member: str | None = None
+    partitions: frozenset[TP] = frozenset()
     appends: dict[str, OutgoingBatch] = field(default_factory=dict)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     state: list[StateChange] = field(default_factory=list)
@@ -219,6 +226,45 @@ def serialise_values(topic: str, value_format: str, batch: OutgoingBatch) -> tup
         else:
             raise ConfigError(f"topic {topic!r} holds {value_format} values, not {type(v).__name__}")
     return out, False
+
+
+class Membership(ABC):
+    """One member (a worker) of a pipeline's group: which input partitions it owns.
+
+    The partitions of every input topic are spread over the live members by partition number, so
+    that partition p of each input lands on one member with the state of p. A member calls `sync`
+    often (it is also its heartbeat); partitions it must give up are checkpointed first, then
+    released; partitions of a member that is gone are taken over.
+    """
+
+    group: str
+    member: str
+    #: the partitions this member owns now
+    owned: set[TP]
+
+    @abstractmethod
+    def sync(self) -> tuple[set[TP], set[TP]]:
+        """Heartbeat, then (partitions newly owned, partitions to checkpoint and `release`)."""
+
+    @abstractmethod
+    def release(self, partitions: set[TP]) -> None: ...
+
+    @abstractmethod
+    def leave(self) -> None:
+        """Release everything and leave the group."""
+
+    @abstractmethod
+    def members(self) -> dict[str, list[TP]]:
+        """Each live member, with the partitions it owns."""
+
+
+def spread(members: Sequence[str], partitions: Sequence[TP]) -> dict[str, set[TP]]:
+    """Partition p of every topic goes to the (p mod n)-th member, in sorted order."""
+    ms = sorted(members)
+    out: dict[str, set[TP]] = {m: set() for m in ms}
+    for tp in partitions:
+        out[ms[tp[1] % len(ms)]].add(tp)
+    return out
 
 
 class Log(ABC):
@@ -310,6 +356,13 @@ class Log(ABC):
 
     @abstractmethod
     def release_lease(self, name: str, owner: str) -> None: ...
+
+    def join(self, group: str, member: str, topics: Sequence[str], *, session_s: float = 10.0) -> Membership:
+        """Join `group` as `member`, to share the partitions of `topics` with its other members.
+
+        A member whose heartbeat (its `sync`) is older than `session_s`, or whose process is dead, is gone.
+        """
+        raise ConfigError(f"the log {self.url} does not spread pipelines over workers yet")
 
     @abstractmethod
     def check_lease(self, name: str, owner: str) -> None:

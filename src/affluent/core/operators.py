@@ -74,8 +74,23 @@ class Node:
             for child in self.children:
                 child.process(batch, ctx)
 
+    #: set when the pipeline runs on several workers: state is kept per input partition, and moves with it
+    by_partition = False
+
     # stateful operators override these
     def open_partition(self, partition: int, state: dict[bytes, bytes], now_wall_ms: int) -> None:
+        return None
+
+    def close_partition(self, partition: int) -> None:
+        """Forget the in-memory state of `partition` (another worker owns it now; its checkpoint is committed)."""
+        return None
+
+    def reset(self) -> None:
+        """Forget all in-memory state, before it is loaded again from the last checkpoint."""
+        return None
+
+    def single_owner_reason(self) -> str | None:
+        """Why this step cannot share its input's partitions with other workers, or None when it can."""
         return None
 
     def state_changes(self) -> list[StateChange]:

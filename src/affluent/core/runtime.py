@@ -26,11 +26,12 @@ from affluent.core.clock import MAX_EVENT_MS, MIN_EVENT_MS, event_time_error, no
 from affluent.core.errors import (
     AffluentError,
     FencedError,
+    PipelineError,
     SinkUnavailableError,
     TerminalError,
     TransientError,
 )
-from affluent.core.log import Checkpoint, Log, OutgoingBatch, StateChange, TopicConfig, open_log
+from affluent.core.log import Checkpoint, Log, Membership, OutgoingBatch, StateChange, TopicConfig, open_log
 from affluent.core.metrics import METRICS, Metrics
 from affluent.core.operators import Batch, key_str
 from affluent.core.pipeline import Pipeline, SourceBinding
@@ -46,8 +47,14 @@ LEASE_RENEW_MS = 2_000
 #: late records of a step are logged at most this often, with their count
 LATE_LOG_MS = 60_000
 _POSITION = b"position"
+#: a worker syncs with its group (heartbeat, partitions to take or give up) this often
+SYNC_S = 0.5
 #: stored batches smaller than this are processed together, up to about this many records
 PROCESS_RECORDS = 2000
+
+
+def _tps(tps: set[tuple[str, int]]) -> str:
+    return ", ".join(f"{t}[{p}]" for t, p in sorted(tps))
 
 
 def event_time(t: Any, now: int) -> int:
@@ -167,11 +174,19 @@ class TaskContext:
 
 
 class PipelineTask:
-    """Runs one pipeline over all partitions of its input topics, in one thread."""
+    """Runs one pipeline over the partitions of its input topics, in one thread.
 
-    def __init__(self, pipeline: Pipeline, log_: Log, *, metrics: Metrics | None = None, owner: str | None = None) -> None:
+    Alone (the default), the task holds the pipeline's lease and reads every partition. As a worker
+    (`member` set), it shares the partitions with the pipeline's other workers: it owns those the
+    group gives it, restores exactly their state, and checkpoints before letting one go.
+    """
+
+    def __init__(self, pipeline: Pipeline, log_: Log, *, metrics: Metrics | None = None, owner: str | None = None, member: str | None = None) -> None:
         self.pipeline = pipeline
         self.log = log_
+        self.member = member
+        self.membership: Membership | None = None
+        self._next_sync = 0.0
         self.metrics = metrics or METRICS
         self.owner = owner or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.ctx = TaskContext(pipeline.name, self.metrics, self.owner, pipeline.max_event_ahead_ms)
@@ -200,11 +215,69 @@ class PipelineTask:
         for topic in (p.dlq_topic, f"{p.name}.late"):
             if not lg.topic_exists(topic):
                 lg.create_topic(topic, TopicConfig(retention_ms=30 * 86_400_000))
-        lg.acquire_lease(p.name, self.owner)
+        if self.member is None:
+            lg.acquire_lease(p.name, self.owner)
+        else:
+            reasons = [r for n in p.nodes() if (r := n.single_owner_reason()) is not None]
+            if reasons:
+                raise PipelineError(f"pipeline {p.name!r} cannot be spread over workers: {'; '.join(reasons)}")
+            for n in p.stateful_nodes():
+                n.by_partition = True
+            self.membership = lg.join(p.name, self.member, list(p.inputs))
+            self.membership.sync()
+            self._next_sync = time.monotonic() + SYNC_S
         for sink in p.sinks:
             sink.open()
         self._load()
         self.status = "running"
+
+    def _owns(self, tp: tuple[str, int]) -> bool:
+        return self.membership is None or tp in self.membership.owned
+
+    def sync(self) -> None:
+        """A worker's turn with its group: checkpoint and let go of partitions, take new ones."""
+        ms = self.membership
+        if ms is None or time.monotonic() < self._next_sync:
+            return
+        self._next_sync = time.monotonic() + SYNC_S
+        gained, revoked = ms.sync()
+        if revoked:
+            self.commit(force=True)
+            self._drop(revoked)
+            ms.release(revoked)
+            log.info("pipeline %s: worker %s let go of %s", self.pipeline.name, self.member, _tps(revoked))
+        if gained:
+            self._take(gained)
+            log.info("pipeline %s: worker %s took %s", self.pipeline.name, self.member, _tps(gained))
+
+    def _take(self, tps: set[tuple[str, int]]) -> None:
+        """Start reading `tps` from their committed offsets, with the state of their partitions."""
+        p, lg = self.pipeline, self.log
+        before = {part for _, part in self.positions}
+        for topic in {t for t, _ in tps}:
+            committed = lg.committed(p.name, topic)
+            starts = lg.start_offsets(topic)
+            for t, part in tps:
+                if t == topic:
+                    self.positions[(t, part)] = committed.get(part, starts.get(part, 0))
+        now = now_ms()
+        for part_no in sorted({part for _, part in self.positions} - before):
+            for node in p.stateful_nodes():
+                node.open_partition(part_no, lg.load_state(node.store, part_no), now)
+        self._multi_partition = True
+        self.ctx.inputs = set(self.positions)
+
+    def _drop(self, tps: set[tuple[str, int]]) -> None:
+        """Forget `tps` and the state of partitions no longer read at all (their checkpoint is committed)."""
+        for tp in tps:
+            self.positions.pop(tp, None)
+            self._dirty_offsets.discard(tp)
+            self.ctx.caught_up.discard(tp)
+        left = {part for _, part in self.positions}
+        for part_no in {part for _, part in tps} - left:
+            for node in self.pipeline.stateful_nodes():
+                node.close_partition(part_no)
+        self.ctx.inputs = set(self.positions)
 
     def _load(self) -> None:
         """(Re)load offsets and state from the last committed checkpoint."""
@@ -215,11 +288,13 @@ class PipelineTask:
             info = lg.describe_topic(topic)
             committed = lg.committed(p.name, topic)
             for part in info.partitions:
-                self.positions[(topic, part.partition)] = committed.get(part.partition, part.start_offset)
-                partitions.add(part.partition)
+                if self._owns((topic, part.partition)):
+                    self.positions[(topic, part.partition)] = committed.get(part.partition, part.start_offset)
+                    partitions.add(part.partition)
         now = now_ms()
         for node in p.stateful_nodes():
             node.store = f"{p.name}.{node.name}"
+            node.reset()
             for part_no in sorted(partitions):
                 node.open_partition(part_no, lg.load_state(node.store, part_no), now)
         # how far each table topic was read at the last checkpoint: its bad rows were dead-lettered then
@@ -229,11 +304,11 @@ class PipelineTask:
             info = lg.describe_topic(table.topic)
             for part in info.partitions:
                 self.table_positions[(table.topic, part.partition)] = part.start_offset
-        self.ctx.checkpoint = Checkpoint(group=p.name, owner=self.owner)
+        self.ctx.checkpoint = self._checkpoint()
         for sink in p.sinks:
             sink.discard()  # what they took since the last checkpoint will be written again
         self._refresh_tables()  # after the fresh checkpoint: dead letters of bad table rows go in it
-        self._multi_partition = any(part > 0 for _, part in self.positions)
+        self._multi_partition = self.membership is not None or any(part > 0 for _, part in self.positions)
         self.ctx.inputs = set(self.positions)
         self._dirty_offsets.clear()
         self._uncommitted = 0
@@ -256,7 +331,10 @@ class PipelineTask:
             with contextlib.suppress(Exception):
                 sink.close()
         with contextlib.suppress(Exception):
-            self.log.release_lease(self.pipeline.name, self.owner)
+            if self.membership is not None:
+                self.membership.leave()
+            else:
+                self.log.release_lease(self.pipeline.name, self.owner)
         if self.status == "running":
             self.status = "stopped"
 
@@ -402,8 +480,15 @@ class PipelineTask:
         self.commit()
         return total
 
-    def commit(self) -> None:
+    def _checkpoint(self) -> Checkpoint:
+        if self.member is None:
+            return Checkpoint(group=self.pipeline.name, owner=self.owner)
+        return Checkpoint(group=self.pipeline.name, member=self.member)
+
+    def commit(self, *, force: bool = False) -> None:
         cp = self.ctx.checkpoint
+        if self.member is not None:  # applied only while this worker owns every partition it read
+            cp.partitions = frozenset(self.positions)
         changes: list[StateChange] = []
         for node in self.pipeline.stateful_nodes():
             changes.extend(node.state_changes())
@@ -413,13 +498,14 @@ class PipelineTask:
                 changes.append(StateChange(f"{self.pipeline.name}.tables", 0, orjson.dumps(list(tp)), str(pos).encode()))
         cp.state = changes
         cp.offsets = {tp: self.positions[tp] for tp in self._dirty_offsets}
-        if cp.is_empty() and now_ms() - self.last_commit_wall < LEASE_RENEW_MS:
+        if cp.is_empty() and (force or now_ms() - self.last_commit_wall < LEASE_RENEW_MS):
             return  # nothing to commit, and the lease is fresh enough
         if self.lost is not None:
             raise FencedError(self.lost)
         if self.pipeline.sinks:
             # a process that lost its lease must not write outside the log either
-            self.log.check_lease(self.pipeline.name, self.owner)
+            if self.member is None:
+                self.log.check_lease(self.pipeline.name, self.owner)
             for sink in self.pipeline.sinks:
                 try:
                     sink.flush()
@@ -427,7 +513,7 @@ class PipelineTask:
                     raise SinkUnavailableError(f"sink {sink.name}: {exc}") from exc
         self.log.commit_checkpoint(cp)
         self.metrics.inc("affluent_checkpoints_total", pipeline=self.pipeline.name)
-        self.ctx.checkpoint = Checkpoint(group=self.pipeline.name, owner=self.owner)
+        self.ctx.checkpoint = self._checkpoint()
         self._dirty_offsets.clear()
         self._uncommitted = 0
         self.last_commit_wall = now_ms()
@@ -446,10 +532,19 @@ class PipelineTask:
                     if reload:  # back to the last committed checkpoint
                         self._load()
                         reload, self.error = False, None
+                    self.sync()
                     n = self.poll_once()
                     if now_ms() - self.last_commit_wall >= p.commit_interval_ms:
                         self.commit()
                     backoff = 0.1
+                except FencedError as exc:
+                    if self.membership is None:
+                        raise
+                    # a worker taken for gone lost partitions to another: back to what it owns, from the last checkpoint
+                    log.warning("pipeline %s: worker %s: %s; going on from its last checkpoint", p.name, self.member, exc)
+                    self.membership.sync()
+                    reload = True
+                    continue
                 except TransientError as exc:
                     # a full, read-only or busy disk: the failed checkpoint rolled back; retry from the last one
                     log.error("pipeline %s: %s; retrying from the last checkpoint in %.1f s", p.name, exc, backoff)
@@ -504,6 +599,7 @@ class SourceTask:
         dlq_topic: str | None = None,
         lease: tuple[str, str] | None = None,
         max_event_ahead_ms: int | None = None,
+        pipeline: str | None = None,
     ) -> None:
         self.binding = binding
         self.max_event_ahead_ms = max_event_ahead_ms
@@ -513,7 +609,10 @@ class SourceTask:
         self.log = log_
         self.metrics = metrics or METRICS
         # resume position: per pipeline, so that two pipelines' sources of the same name do not mix
-        self.store = f"{lease[0]}.source.{binding.source.name}" if lease else f"source.{binding.source.name}"
+        owner_name = pipeline or (lease[0] if lease else None)
+        #: the pipeline this source feeds
+        self.pipeline = owner_name
+        self.store = f"{owner_name}.source.{binding.source.name}" if owner_name else f"source.{binding.source.name}"
         self.status = "created"
         self.error: str | None = None
         self.records_out = 0
@@ -694,7 +793,15 @@ class Runtime:
     them all; otherwise the others go on, and `errors` holds what died.
     """
 
-    def __init__(self, log_: Log | str | None = None, *, metrics: Metrics | None = None, retention_interval_s: float = 60.0, fail_fast: bool = True) -> None:
+    def __init__(
+        self,
+        log_: Log | str | None = None,
+        *,
+        metrics: Metrics | None = None,
+        retention_interval_s: float = 60.0,
+        fail_fast: bool = True,
+        worker: str | None = None,
+    ) -> None:
         if log_ is None or isinstance(log_, str):
             log_ = open_log(log_ or DEFAULT_LOG_URL)
         self.log = log_
@@ -710,6 +817,10 @@ class Runtime:
         self.errors: list[BaseException] = []
         self.retention_interval_s = retention_interval_s
         self.fail_fast = fail_fast
+        #: this process's name among the pipelines' workers (None: it runs them alone)
+        self.worker = worker
+        self._unclaimed: list[tuple[Pipeline, str]] = []
+        self._owner = ""
         #: (pipeline, owner, its task or None) for every lease this runtime holds
         self._leases: list[tuple[str, str, PipelineTask | None]] = []
         self._heartbeat: threading.Thread | None = None
@@ -727,7 +838,9 @@ class Runtime:
             return self
         self._started = True
         tune_gc()
-        owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        owner = self._owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        if self.worker is not None:
+            return self._start_worker(owner)
         try:  # claimed here, before any source runs: refused, this process runs nothing at all
             self.log.acquire_leases([p.name for p in self.pipelines], owner)
         except AffluentError as exc:
@@ -735,11 +848,7 @@ class Runtime:
             self.errors.append(exc)
             return self
         for p in self.pipelines:
-            for b in p.sources:
-                ahead = None if b.source.simulated_clock else p.max_event_ahead_ms
-                st = SourceTask(b, self.log, metrics=self.metrics, dlq_topic=p.dlq_topic, lease=(p.name, owner), max_event_ahead_ms=ahead)
-                self.source_tasks.append(st)
-                self._source_threads.append(self._spawn(f"source-{b.source.name}", st.run, self.sources_stop))
+            self._start_sources(p, p.name, owner)
             task = None
             if p.inputs:
                 task = PipelineTask(p, self.log, metrics=self.metrics, owner=owner)
@@ -752,9 +861,47 @@ class Runtime:
             self._heartbeat.start()
         return self
 
+    def _start_sources(self, p: Pipeline, lease: str, owner: str) -> None:
+        for b in p.sources:
+            ahead = None if b.source.simulated_clock else p.max_event_ahead_ms
+            st = SourceTask(b, self.log, metrics=self.metrics, dlq_topic=p.dlq_topic, lease=(lease, owner), max_event_ahead_ms=ahead, pipeline=p.name)
+            self.source_tasks.append(st)
+            self._source_threads.append(self._spawn(f"source-{b.source.name}", st.run, self.sources_stop))
+
+    def _start_worker(self, owner: str) -> Runtime:
+        """As one of several workers: the pipelines' partitions are shared with the other workers; the
+        sources of a pipeline run in one worker at a time, the one holding `<pipeline>.sources`."""
+        assert self.worker is not None
+        for p in self.pipelines:
+            if p.inputs:
+                task = PipelineTask(p, self.log, metrics=self.metrics, owner=owner, member=self.worker)
+                self.tasks.append(task)
+                self._spawn(f"pipeline-{p.name}", task.run, self.stop_event)
+        self._unclaimed = [(p, f"{p.name}.sources") for p in self.pipelines if p.sources]
+        self._claim_sources(owner)
+        self._heartbeat = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
+        self._heartbeat.start()
+        return self
+
+    def _claim_sources(self, owner: str) -> None:
+        """Run the sources of every pipeline whose sources no live worker runs."""
+        for p, lease in list(self._unclaimed):
+            try:
+                self.log.acquire_lease(lease, owner)
+            except AffluentError:
+                continue  # another worker runs them; tried again at the next beat
+            self._unclaimed.remove((p, lease))
+            self._start_sources(p, lease, owner)
+            self._leases.append((lease, owner, None))
+            log.info("worker %s runs the sources of pipeline %s", self.worker, p.name)
+
     def _beat(self) -> None:
         held = list(self._leases)
         while not self.stop_event.wait(LEASE_RENEW_MS / 1000):
+            if self._unclaimed and not self.sources_stop.is_set():
+                known = set(self._leases)
+                self._claim_sources(self._owner)
+                held.extend(x for x in self._leases if x not in known)
             self._renew_leases(held)
             self._publish_statuses()
 
@@ -787,15 +934,19 @@ class Runtime:
         """Each pipeline's state as a JSON-able dict: status, records, records/s, lag, dead letters, sources."""
         now = time.monotonic()
         out: dict[str, dict[str, Any]] = {}
-        for name, _, task in self._leases:
-            p = task.pipeline if task is not None else next(q for q in self.pipelines if q.name == name)
+        held = {n for n, _, _ in self._leases}
+        for p in self.pipelines:
+            name = p.name
+            task = next((t for t in self.tasks if t.pipeline is p), None)
+            if task is None and name not in held and f"{name}.sources" not in held:
+                continue  # not run here
             records = task.records_in if task is not None else 0
             lag = 0
             for topic in p.inputs:
                 with contextlib.suppress(AffluentError):
                     done = self.log.committed(p.name, topic)
                     lag += sum(end - done.get(part, 0) for part, end in self.log.end_offsets(topic).items())
-            sources = [self._source_status(st, now) for st in self.source_tasks if st.lease is not None and st.lease[0] == name]
+            sources = [self._source_status(st, now) for st in self.source_tasks if st.pipeline == name]
             out[name] = {
                 "status": task.status if task is not None else ("running" if not self.stop_event.is_set() else "stopped"),
                 "error": task.error if task is not None else None,

@@ -34,8 +34,10 @@ from affluent.core.errors import (
     UnknownTopicError,
 )
 from affluent.core.log import (
+    TP,
     Checkpoint,
     Log,
+    Membership,
     OutgoingBatch,
     PartitionInfo,
     TopicConfig,
@@ -43,6 +45,7 @@ from affluent.core.log import (
     check_topic_name,
     partition_for,
     serialise_values,
+    spread,
 )
 from affluent.core.records import Record, RecordBatch, ValueDecoder, decode_batch, decode_chunks, encode_batch
 
@@ -77,6 +80,12 @@ CREATE TABLE IF NOT EXISTS state (
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY, owner TEXT NOT NULL, pid INTEGER NOT NULL, host TEXT NOT NULL,
     heartbeat_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS members (
+    grp TEXT NOT NULL, member TEXT NOT NULL, pid INTEGER NOT NULL, host TEXT NOT NULL, heartbeat_ms INTEGER NOT NULL,
+    PRIMARY KEY (grp, member)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS owners (
+    grp TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, member TEXT NOT NULL,
+    PRIMARY KEY (grp, topic, partition)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS statuses (
     name TEXT PRIMARY KEY, pid INTEGER NOT NULL, host TEXT NOT NULL, updated_ms INTEGER NOT NULL, status TEXT NOT NULL);
 """
@@ -397,6 +406,8 @@ class SQLiteLog(Log):
         with self._write(f"committing a checkpoint of {checkpoint.group or 'a producer'!r} to") as conn:
             if checkpoint.owner is not None:
                 self._renew(conn, checkpoint.lease or checkpoint.group, checkpoint.owner, now)
+            if checkpoint.member is not None:
+                _check_owned(conn, checkpoint.group, checkpoint.member, checkpoint.partitions)
             for topic, batch in checkpoint.appends.items():
                 if len(batch):
                     result[topic] = self._append(conn, topic, batch, None)
@@ -460,6 +471,11 @@ class SQLiteLog(Log):
         with self._write(f"releasing pipeline {name!r} in") as conn:
             conn.execute("DELETE FROM leases WHERE name=? AND owner=?", (name, owner))
 
+    def join(self, group: str, member: str, topics: Sequence[str], *, session_s: float = 10.0) -> Membership:
+        for t in topics:
+            self._topic(t)
+        return _SQLiteMembership(self, group, member, list(topics), session_s)
+
     # -- status ------------------------------------------------------------------------------------------------------
     def put_statuses(self, statuses: Mapping[str, Mapping[str, Any]]) -> None:
         host, now = socket.gethostname(), now_ms()
@@ -516,6 +532,84 @@ class SQLiteLog(Log):
                         (topic_id, p, topic_id, p),
                     )
         return dropped
+
+
+def _check_owned(conn: sqlite3.Connection, group: str, member: str, partitions: frozenset[TP]) -> None:
+    if not partitions:
+        return
+    owned = set(conn.execute("SELECT topic, partition FROM owners WHERE grp=? AND member=?", (group, member)).fetchall())
+    lost = sorted(tp for tp in partitions if tp not in owned)
+    if lost:
+        where = ", ".join(f"{t}[{p}]" for t, p in lost[:5])
+        raise FencedError(f"pipeline {group!r}: worker {member} no longer owns {where} (another worker took it over); this checkpoint is not applied")
+
+
+class _SQLiteMembership(Membership):
+    """Members and partition owners in two tables of the log file, changed in write transactions."""
+
+    def __init__(self, log_: SQLiteLog, group: str, member: str, topics: list[str], session_s: float) -> None:
+        self.log = log_
+        self.group = group
+        self.member = member
+        self.topics = topics
+        self.session_ms = int(session_s * 1000)
+        self.owned: set[TP] = set()
+        self.host = socket.gethostname()
+
+    def _live(self, conn: sqlite3.Connection, now: int) -> list[str]:
+        rows = conn.execute("SELECT member, pid, host, heartbeat_ms FROM members WHERE grp=?", (self.group,)).fetchall()
+        live: list[str] = []
+        gone: list[str] = []
+        for member, pid, host, beat in rows:
+            dead = host == self.host and not _pid_alive(pid)
+            (gone if dead or now - beat > self.session_ms else live).append(member)
+        for m in gone:
+            conn.execute("DELETE FROM members WHERE grp=? AND member=?", (self.group, m))
+        return live
+
+    def sync(self) -> tuple[set[TP], set[TP]]:
+        now = now_ms()
+        with self.log._write(f"syncing worker {self.member} of {self.group!r} in") as conn:
+            conn.execute("INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?)", (self.group, self.member, os.getpid(), self.host, now))
+            live = self._live(conn, now)
+            partitions: list[TP] = []
+            for t in self.topics:
+                topic_id, _ = self.log._topic(t, conn)
+                partitions.extend((t, p) for (p,) in conn.execute("SELECT partition FROM partitions WHERE topic_id=?", (topic_id,)))
+            mine = spread(live, partitions).get(self.member, set())
+            owners = {(t, p): m for t, p, m in conn.execute("SELECT topic, partition, member FROM owners WHERE grp=?", (self.group,))}
+            take = [tp for tp in mine if owners.get(tp) not in set(live) - {self.member}]
+            conn.executemany("INSERT OR REPLACE INTO owners VALUES (?, ?, ?, ?)", [(self.group, t, p, self.member) for t, p in take])
+            owned = {tp for tp, m in owners.items() if m == self.member} | set(take)
+        gained = owned - self.owned
+        self.owned = owned
+        return gained, owned - mine
+
+    def release(self, partitions: set[TP]) -> None:
+        if not partitions:
+            return
+        with self.log._write(f"releasing partitions of worker {self.member} in") as conn:
+            rows = [(self.group, t, p, self.member) for t, p in partitions]
+            conn.executemany("DELETE FROM owners WHERE grp=? AND topic=? AND partition=? AND member=?", rows)
+        self.owned -= partitions
+
+    def leave(self) -> None:
+        with self.log._write(f"leaving group {self.group!r} in") as conn:
+            conn.execute("DELETE FROM owners WHERE grp=? AND member=?", (self.group, self.member))
+            conn.execute("DELETE FROM members WHERE grp=? AND member=?", (self.group, self.member))
+        self.owned = set()
+
+    def members(self) -> dict[str, list[TP]]:
+        now = now_ms()
+        with self.log._errors(f"reading the workers of {self.group!r} in"):
+            conn = self.log._conn()
+            rows = conn.execute("SELECT member, pid, host, heartbeat_ms FROM members WHERE grp=?", (self.group,)).fetchall()
+            owners = conn.execute("SELECT topic, partition, member FROM owners WHERE grp=? ORDER BY topic, partition", (self.group,)).fetchall()
+        out: dict[str, list[TP]] = {m: [] for m, pid, host, beat in rows if now - beat <= self.session_ms}
+        for t, p, m in owners:
+            if m in out:
+                out[m].append((t, p))
+        return out
 
 
 def _chunks(values: Sequence[bytes]) -> Iterator[tuple[int, int]]:

@@ -108,6 +108,19 @@ class WindowOp(Node):
         self._count_fast = type(aggregate) is Count
 
     # -- state ---------------------------------------------------------------------------------------
+    def single_owner_reason(self) -> str | None:
+        if self.across:
+            return f"window {self.name!r} follows a key_by, so each of its keys comes from every input partition"
+        return None
+
+    def reset(self) -> None:
+        self.parts.clear()
+        self.input_wm.clear()
+        self.input_wall.clear()
+
+    def close_partition(self, partition: int) -> None:
+        self.parts.pop(partition, None)
+
     def open_partition(self, partition: int, state: dict[bytes, bytes], now_wall_ms: int) -> None:
         if self.across and partition != 0:
             return  # one state, kept under partition 0
@@ -504,6 +517,21 @@ class Dedupe(Node):
         self.dirty: dict[int, set[Any]] = {}
         self.wm: dict[int, int] = {}
 
+    def single_owner_reason(self) -> str | None:
+        if self.across:
+            return f"dedupe {self.name!r} keys records by something else than their input key"
+        return None
+
+    def reset(self) -> None:
+        self.seen.clear()
+        self.dirty.clear()
+        self.wm.clear()
+
+    def close_partition(self, partition: int) -> None:
+        self.seen.pop(partition, None)
+        self.dirty.pop(partition, None)
+        self.wm.pop(partition, None)
+
     def open_partition(self, partition: int, state: dict[bytes, bytes], now_wall_ms: int) -> None:
         if self.across and partition != 0:
             return  # one state, kept under partition 0
@@ -630,31 +658,64 @@ class KeyedStep(Node):
         self.wm = MIN_TIME
         self._sweep_at = MIN_TIME
         self._late = 0
+        #: as a worker: the input partition each key's records come from
+        self.partition_of: dict[Any, int] = {}
+
+    def reset(self) -> None:
+        self.states, self.expires, self.dirty, self.partition_of = {}, {}, set(), {}
+        self.wm = self._sweep_at = MIN_TIME
 
     def open_partition(self, partition: int, state: dict[bytes, bytes], now_wall_ms: int) -> None:
-        if partition != 0:
-            return
-        self.states, self.expires, self.dirty = {}, {}, set()
+        # alone, one state for every input partition, under partition 0; as a worker, each key's state
+        # lives under the input partition its records come from, and moves with it
+        if not self.by_partition:
+            if partition != 0:
+                return
+            self.reset()
         for k, v in state.items():
             if k == _WM_KEY:
-                self.wm = orjson.loads(v)
+                self.wm = max(self.wm, orjson.loads(v))
                 continue
             key, value = _hashable(orjson.loads(k)), orjson.loads(v)
             if self.ttl_ms is None:
                 self.states[key] = value
             else:
                 self.states[key], self.expires[key] = value
+            if self.by_partition:
+                self.partition_of[key] = partition
         self._sweep_at = self.wm
+
+    def close_partition(self, partition: int) -> None:
+        for k in [k for k, p in self.partition_of.items() if p == partition]:
+            self.states.pop(k, None)
+            self.expires.pop(k, None)
+            self.dirty.discard(k)
+            del self.partition_of[k]
+
+    def _place(self, key: Any, ctx: TaskContext) -> None:
+        """As a worker: a key's records must all come from one input partition, which owns its state."""
+        p = self.partition_of.setdefault(key, ctx.partition)
+        if p != ctx.partition:
+            raise PipelineError(
+                f"step {self.name!r}: key {key!r} comes from input partitions {p} and {ctx.partition}: the input is not "
+                "partitioned by this step's key, so it cannot be spread over workers (key the input topic by it)"
+            )
 
     def state_changes(self) -> list[StateChange]:
         out = []
+        where = self.partition_of
+        touched: set[int] = set()
         for k in self.dirty:
             v = self.states.get(k)
             if v is not None and self.ttl_ms is not None:
                 v = [v, self.expires[k]]
-            out.append(StateChange(self.store, 0, orjson.dumps(k), None if v is None else orjson.dumps(v)))
+            p = where.get(k, 0)
+            touched.add(p)
+            out.append(StateChange(self.store, p, orjson.dumps(k), None if v is None else orjson.dumps(v)))
+            if v is None:
+                where.pop(k, None)
         if self.dirty and self.ttl_ms is not None:
-            out.append(StateChange(self.store, 0, _WM_KEY, orjson.dumps(self.wm)))
+            out.extend(StateChange(self.store, p, _WM_KEY, orjson.dumps(self.wm)) for p in sorted(touched))
         self.dirty.clear()
         return out
 
@@ -670,7 +731,10 @@ class KeyedStep(Node):
         offsets: list[int] = []
         latest: dict[Any, tuple[Any, int, int]] = {}
         self._late = 0
+        by_partition = self.by_partition
         for k, v, t, o in self._keyed(batch, ctx):
+            if by_partition:
+                self._place(k, ctx)
             try:
                 old = states.get(k)
                 if old is not None and ttl is not None and expires.get(k, MAX_TIME) <= self.wm:

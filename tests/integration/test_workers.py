@@ -1,0 +1,92 @@
+"""Several worker processes share one pipeline's partitions, through SIGKILLs and new workers.
+
+The final keyed counts and windows equal those of one process running alone, with nothing lost
+and nothing doubled.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from affluent.core.log import open_log
+from affluent.testing import read_topic
+
+APP = Path(__file__).with_name("workers_app.py")
+sys.path.insert(0, str(APP.parent))
+import workers_app  # noqa: E402
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+
+
+def _worker(url: str, name: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, str(APP), url, name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "started", proc.stderr.read() if proc.stderr else ""
+    return proc
+
+
+def _results(url: str) -> dict[str, Any]:
+    log = open_log(url)
+    try:
+        counts = Counter((r.value["key"], r.value["n"], r.value["id"]) for r in read_topic(log, "ww.counts"))
+        windows = Counter((r.key, r.value["start_ms"], r.value["n"], r.value["total"]) for r in read_topic(log, "ww.windows"))
+        events = Counter(r.value["id"] for r in read_topic(log, "ww.events"))
+    finally:
+        log.close()
+    return {"counts": counts, "windows": windows, "events": events}
+
+
+def _complete(url: str, want: dict[str, Any]) -> bool:
+    got = _results(url)
+    return sum(got["counts"].values()) >= sum(want["counts"].values()) and sum(got["windows"].values()) >= sum(want["windows"].values())
+
+
+def test_three_workers_killed_and_replaced_give_the_results_of_one_process(tmp_path: Path) -> None:
+    ref = f"sqlite:///{tmp_path / 'alone.db'}"
+    r = subprocess.run([sys.executable, str(APP), ref], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    want = _results(ref)
+    assert sum(want["counts"].values()) == workers_app.N_EVENTS + len(workers_app.SENTINELS)
+    assert len(want["windows"]) > 500
+
+    url = f"sqlite:///{tmp_path / 'workers.db'}"
+    rnd = random.Random(20261130)
+    workers = {f"w{i}": _worker(url, f"w{i}") for i in range(3)}
+    kills = 0
+    logs: list[str] = []
+    started = time.monotonic()
+    try:
+        while not _complete(url, want):
+            assert time.monotonic() - started < 150, f"not complete after {kills} kills: {sum(_results(url)['counts'].values())} counts"
+            time.sleep(rnd.uniform(0.2, 0.8))
+            if kills < 5:
+                name = rnd.choice(sorted(workers))
+                os.kill(workers[name].pid, signal.SIGKILL)
+                _, err = workers.pop(name).communicate(timeout=30)
+                logs.append(err)
+                kills += 1
+                workers[f"w{3 + kills}"] = _worker(url, f"w{3 + kills}")  # a new worker joins
+    finally:
+        for proc in workers.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in workers.values():
+            _, err = proc.communicate(timeout=60)
+            logs.append(err)
+            assert proc.returncode == 0, err
+    assert kills == 5, "the run ended before five kills"
+    text = "\n".join(logs)
+    assert text.count("let go of") >= 2, "a joining worker makes the others give up partitions, after a checkpoint"
+    assert text.count("took") >= 6 and "runs the sources of pipeline ww" in text
+    got = _results(url)
+    assert got["events"] == want["events"], "the source appended a record twice or lost one"
+    assert got["counts"] == want["counts"]
+    assert got["windows"] == want["windows"]

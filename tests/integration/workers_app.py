@@ -1,0 +1,92 @@
+"""A pipeline for the multi-worker tests: keyed events in 4 partitions, a running count per key
+(a keyed step) and per-key tumbling windows. Its state follows the input key, so workers share it.
+
+Run as `python workers_app.py LOG WORKER` (a worker until SIGTERM) or `python workers_app.py LOG`
+(alone, to the end of the input: the reference).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+from affluent.core.aggregates import Count, Sum
+from affluent.core.log import TopicConfig, open_log, partition_for
+from affluent.core.pipeline import Pipeline
+from affluent.core.records import Record
+from affluent.core.runtime import Runtime
+from affluent.core.sources import Source, SourcePoll
+from affluent.core.windows import TumblingWindow
+
+N_EVENTS = 12_000
+KEYS = 20
+PARTITIONS = 4
+#: one key per partition whose last event, a day later, closes every window of that partition
+SENTINELS = [next(f"end-{i}" for i in range(1000) if partition_for(f"end-{i}", PARTITIONS) == p) for p in range(PARTITIONS)]
+
+
+def event(i: int) -> Record:
+    k = f"k{(i * 7) % KEYS}"
+    return Record(value={"id": i, "key": k, "amount": i % 13}, key=k, timestamp_ms=1_000 + i * 10)
+
+
+class Events(Source):
+    name = "events"
+    mode = "simulator"
+
+    def __init__(self) -> None:
+        self.pos = 0
+
+    def open(self, position: Any | None) -> None:
+        self.pos = int(position or 0)
+
+    def poll(self) -> SourcePoll:
+        end = min(self.pos + 100, N_EVENTS)
+        recs = [event(i) for i in range(self.pos, end)]
+        if end == N_EVENTS and self.pos < N_EVENTS:
+            recs += [Record(value={"id": -1, "key": k, "amount": 0}, key=k, timestamp_ms=1_000 + N_EVENTS * 10 + 86_400_000) for k in SENTINELS]
+        self.pos = end
+        return SourcePoll(records=recs, position=end, done=end >= N_EVENTS, wait_s=0.05)
+
+
+def count(state: Any, value: Any, ts: int) -> tuple[Any, list[Any]]:
+    n = (state or 0) + 1
+    return n, [{"key": value["key"], "n": n, "id": value["id"]}]
+
+
+def build() -> Pipeline:
+    p = Pipeline("ww", commit_interval_ms=50, max_poll_records=200)
+    events = p.source(Events(), topic="ww.events", config=TopicConfig(partitions=PARTITIONS, retention_ms=None))
+    events.stateful(count, key=lambda v: v["key"], name="count").to_topic("ww.counts", config=TopicConfig(retention_ms=None))
+    events.window(TumblingWindow(size_ms=1_000, idle_ms=None), {"n": Count(), "total": Sum("amount")}, name="per-second").to_topic(
+        "ww.windows", config=TopicConfig(retention_ms=None)
+    )
+    return p
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    url = sys.argv[1]
+    worker = sys.argv[2] if len(sys.argv) > 2 else None
+    log = open_log(url)
+    rt = Runtime(log, worker=worker)
+    rt.add(build())
+    if worker is None:
+        rt.run_until_drained(timeout_s=120)
+        return 0
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    rt.start()
+    print("started", flush=True)
+    while not stop.wait(0.1):
+        if rt.errors:
+            raise rt.errors[0]
+    rt.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
