@@ -90,3 +90,22 @@ def test_three_workers_killed_and_replaced_give_the_results_of_one_process(tmp_p
     assert got["events"] == want["events"], "the source appended a record twice or lost one"
     assert got["counts"] == want["counts"]
     assert got["windows"] == want["windows"]
+
+
+def test_affluent_run_with_workers(tmp_path: Path) -> None:
+    """`affluent run stock --workers 2`: two processes; the sources and the lake run in one of them."""
+    affluent = Path(sys.executable).with_name("affluent")
+    cmd = [str(affluent), "run", "stock", "--workers", "2", "--speed", "inf", "--start", "2026-11-01", "--end", "2026-11-01T01:00", "--duration", "15"]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "300"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout + r.stderr
+    assert out.count("worker started") == 2
+    assert out.count("runs the sources of pipeline stock") == 1 and out.count("runs pipeline stock-lake") == 1
+    log = open_log(f"sqlite:///{tmp_path / '.affluent' / 'affluent.db'}")
+    try:
+        end = log.end_offsets("stock.readings")[0]
+        assert end > 10_000
+        assert log.committed("stock", "stock.readings") == {0: end}
+        assert log.committed("stock-lake", "stock.readings") == {0: end}
+    finally:
+        log.close()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
+import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.text import Text
@@ -51,6 +52,16 @@ def open_configured_log(s: Settings | None = None) -> Log:
     if s.log.url.startswith("sqlite://"):
         return open_log(s.log.url, synchronous=s.log.synchronous)
     return open_log(s.log.url)
+
+
+WorkersOpt = Annotated[
+    int,
+    typer.Option("--workers", min=1, help="Run the app in this many processes that share its partitions (a worker that dies is replaced)."),
+]
+JoinOpt = Annotated[
+    bool,
+    typer.Option("--join", help="Run as one more worker of the app, beside workers in other processes or on other machines (as a pod does)."),
+]
 
 
 def wait_for_log(log: Log, *, max_backoff_s: float = 30.0) -> None:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
@@ -73,6 +77,8 @@ def run_pipelines(
     fail_fast: bool = True,
     serve: Callable[[], Callable[[], None]] | None = None,
     progress: Callable[[], RenderableType | None] | None = None,
+    workers: int = 1,
+    join: bool = False,
 ) -> None:
     """Run pipelines in this process, with a live status table, until Ctrl+C or `duration_s`.
 
@@ -81,13 +87,19 @@ def run_pipelines(
     serve: called once the pipelines are claimed (a second start is refused before it), it starts
     something beside them (the dashboard) and returns how to stop it.
     progress: what to show under the table (a backfill's progress bar), or None.
+    workers: more than 1 starts that many worker processes of this command and looks after them.
+    join: this process is one worker among others (started by `--workers`, or in a pod of its own).
     """
+    if workers > 1 and not join:
+        _supervise(workers, duration_s=duration_s)
+        return
     try:
         log = open_configured_log()
         wait_for_log(log)
     except AffluentError as exc:
         fail(exc)
-    rt = Runtime(log, fail_fast=fail_fast)
+    worker = f"{socket.gethostname()}-{os.getpid()}" if join else None
+    rt = Runtime(log, fail_fast=fail_fast, worker=worker)
     for p in pipelines:
         rt.add(p)
     rt.start()
@@ -107,6 +119,45 @@ def run_pipelines(
         console.print(f"[red]{what}:[/] {escape(str(err))}", highlight=False)
     if rt.errors:
         raise typer.Exit(1)
+
+
+def _supervise(n: int, *, duration_s: float | None) -> None:
+    """Start `n` workers (this very command, with `--join`), replace any that dies, stop them all on Ctrl+C."""
+    argv: list[str] = []
+    skip = False
+    for a in sys.argv[1:]:
+        if skip or a == "--workers" or a.startswith("--workers="):
+            skip = a == "--workers"
+            continue
+        argv.append(a)
+    cmd = [sys.executable, "-m", "affluent.cli.main", *argv, "--join", "--quiet"]
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(cmd)
+        console.print(f"worker started: pid {proc.pid}", highlight=False)
+        return proc
+
+    procs = [start() for _ in range(n)]
+    deadline = None if duration_s is None else time.monotonic() + duration_s
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.5)
+            for i, proc in enumerate(procs):
+                if proc.poll() is not None:
+                    console.print(f"worker pid {proc.pid} ended with code {proc.returncode}; starting another", highlight=False)
+                    procs[i] = start()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def _run(rt: Runtime, *, duration_s: float | None, quiet: bool, progress: Callable[[], RenderableType | None] | None = None) -> None:
@@ -261,9 +312,6 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main() -> None:
-    import signal
-    import sys
-
     # SIGTERM (systemd, docker, kill) stops as Ctrl+C does: pipelines commit and release, statuses say "stopped"
     signal.signal(signal.SIGTERM, _interrupt)
     # the topic tool needs no app: skip importing them (most of a CLI call's start-up time)
@@ -274,3 +322,7 @@ def main() -> None:
 
 
 __all__ = ["app", "main", "open_configured_log", "run_pipelines"]
+
+
+if __name__ == "__main__":
+    main()

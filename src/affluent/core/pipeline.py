@@ -158,6 +158,12 @@ class Pipeline:
     def stateful_nodes(self) -> list[Node]:
         return [n for n in self.nodes() if n.stateful]
 
+    def single_worker_reasons(self) -> list[str]:
+        """Why this pipeline must run in one worker at a time (empty: its partitions can be shared)."""
+        reasons = [r for n in self.nodes() if (r := n.single_owner_reason()) is not None]
+        reasons += [f"sink {s.name!r} takes one writer at a time" for s in self.sinks if not s.shared_writes]
+        return reasons
+
     def describe(self) -> str:
         lines = [f"pipeline {self.name}"]
         for b in self.sources:

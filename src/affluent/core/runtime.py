@@ -869,38 +869,51 @@ class Runtime:
             self._source_threads.append(self._spawn(f"source-{b.source.name}", st.run, self.sources_stop))
 
     def _start_worker(self, owner: str) -> Runtime:
-        """As one of several workers: the pipelines' partitions are shared with the other workers; the
-        sources of a pipeline run in one worker at a time, the one holding `<pipeline>.sources`."""
+        """As one of several workers. A pipeline whose partitions can be shared runs here on the
+        partitions the group gives this worker, and its sources run in one worker at a time (the one
+        holding the lease `<pipeline>.sources`). Any other pipeline runs whole in one worker at a time,
+        under its own lease, and moves to another worker when that one is gone."""
         assert self.worker is not None
         for p in self.pipelines:
-            if p.inputs:
+            reasons = p.single_worker_reasons()
+            if p.inputs and not reasons:
                 task = PipelineTask(p, self.log, metrics=self.metrics, owner=owner, member=self.worker)
                 self.tasks.append(task)
                 self._spawn(f"pipeline-{p.name}", task.run, self.stop_event)
-        self._unclaimed = [(p, f"{p.name}.sources") for p in self.pipelines if p.sources]
-        self._claim_sources(owner)
+                if p.sources:
+                    self._unclaimed.append((p, f"{p.name}.sources"))
+            else:
+                self._unclaimed.append((p, p.name))
+                if reasons:
+                    log.info("pipeline %s runs in one worker at a time: %s", p.name, "; ".join(reasons))
+        self._claim(owner)
         self._heartbeat = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
         self._heartbeat.start()
         return self
 
-    def _claim_sources(self, owner: str) -> None:
-        """Run the sources of every pipeline whose sources no live worker runs."""
+    def _claim(self, owner: str) -> None:
+        """Run what no live worker runs: a pipeline's sources, or a pipeline that takes one worker."""
         for p, lease in list(self._unclaimed):
             try:
                 self.log.acquire_lease(lease, owner)
             except AffluentError:
-                continue  # another worker runs them; tried again at the next beat
+                continue  # another worker runs it; tried again at the next beat
             self._unclaimed.remove((p, lease))
             self._start_sources(p, lease, owner)
-            self._leases.append((lease, owner, None))
-            log.info("worker %s runs the sources of pipeline %s", self.worker, p.name)
+            task = None
+            if lease == p.name and p.inputs:
+                task = PipelineTask(p, self.log, metrics=self.metrics, owner=owner)
+                self.tasks.append(task)
+                self._spawn(f"pipeline-{p.name}", task.run, self.stop_event)
+            self._leases.append((lease, owner, task))
+            log.info("worker %s runs %s", self.worker, f"pipeline {p.name}" if lease == p.name else f"the sources of pipeline {p.name}")
 
     def _beat(self) -> None:
         held = list(self._leases)
         while not self.stop_event.wait(LEASE_RENEW_MS / 1000):
             if self._unclaimed and not self.sources_stop.is_set():
                 known = set(self._leases)
-                self._claim_sources(self._owner)
+                self._claim(self._owner)
                 held.extend(x for x in self._leases if x not in known)
             self._renew_leases(held)
             self._publish_statuses()

@@ -15,6 +15,9 @@ from affluent.core.records import Record
 
 class Sink(ABC):
     name: str = "sink"
+    #: several workers may write it at once (keyed upserts into a shared store); a sink that is not
+    #: (a lake of numbered commits) keeps its pipeline in one worker at a time
+    shared_writes: bool = False
 
     def open(self) -> None:  # noqa: B027 - optional hook
         """Connect, create tables."""

@@ -174,6 +174,8 @@ class ServingSink(Sink):
     indexes: column lists to index, for the pages' queries (the key is indexed already).
     """
 
+    shared_writes = True  # upserts in one SQLite file: writers wait their turn
+
     def __init__(
         self,
         path: str | os.PathLike[str],

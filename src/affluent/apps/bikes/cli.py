@@ -14,6 +14,7 @@ from rich.text import Text
 
 from affluent.apps.bikes.app import pipelines
 from affluent.apps.bikes.catalog import Catalog, load_catalog, load_systems, search_systems
+from affluent.cli.common import JoinOpt, WorkersOpt
 from affluent.core.errors import AffluentError
 
 commands = typer.Typer(help="Bike-share systems (GBFS).", no_args_is_help=True)
@@ -32,6 +33,8 @@ def run_command(
     offline: Annotated[bool, typer.Option("--offline", help="Replay the bundled VéloZef recording instead of polling a feed.")] = False,
     duration_s: Annotated[float | None, typer.Option("--duration", help="Stop after this many seconds.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live status table.")] = False,
+    workers: WorkersOpt = 1,
+    join: JoinOpt = False,
 ) -> None:
     """Live bike-share stations and bikes from any GBFS feed (VéloZef Brest by default)."""
     from affluent.cli.common import console, fail, settings
@@ -49,7 +52,7 @@ def run_command(
             mode = "" if b.source.offline else " (live)"  # an offline source says so in its description
             console.print(f"bikes: {b.source.describe()} -> {b.topic}{mode}", highlight=False, markup=False)
     console.print(f"bikes: serving store {serving_path(s)}, lake {lake_path(s)}", highlight=False)
-    run_pipelines(made, duration_s=duration_s, quiet=quiet)
+    run_pipelines(made, duration_s=duration_s, quiet=quiet, workers=workers, join=join)
 
 
 def analyze_command(

@@ -16,6 +16,7 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from affluent.apps.jobs.app import Endpoints, has_credentials, load_referentials, make_client, pipelines
+from affluent.cli.common import JoinOpt, WorkersOpt
 from affluent.core.clock import now_ms
 from affluent.core.errors import AffluentError, ConfigError
 from affluent.sources.france_travail import FranceTravailSource, api_time
@@ -72,6 +73,8 @@ def run_command(
     offline: Annotated[bool, typer.Option("--offline", help="Replay the bundled recording instead of calling the API.")] = False,
     duration_s: Annotated[float | None, typer.Option("--duration", help="Stop after this many seconds.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live status table.")] = False,
+    workers: WorkersOpt = 1,
+    join: JoinOpt = False,
 ) -> None:
     """Every France Travail job offer: a backfill from --since, then a search every --interval-s; categorised and counted per territory."""
     from affluent.cli.common import console, fail, settings
@@ -96,7 +99,8 @@ def run_command(
             if isinstance(b.source, FranceTravailSource):
                 source = b.source
     console.print(f"jobs: serving store {serving_path(s)}, lake {lake_path(s)}", highlight=False)
-    run_pipelines(made, duration_s=duration_s, quiet=quiet, progress=(lambda: backfill_view(source)) if source is not None else None)
+    progress = (lambda: backfill_view(source)) if source is not None else None
+    run_pipelines(made, duration_s=duration_s, quiet=quiet, progress=progress, workers=workers, join=join)
 
 
 def analyze_command(

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 
+from affluent.cli.common import JoinOpt, WorkersOpt
 from affluent.core.errors import AffluentError
 
 commands = typer.Typer(help="The stock app: simulate a period, publish simulated sensors to MQTT.", no_args_is_help=True)
@@ -54,6 +55,8 @@ def run_command(
     mqtt: MqttOpt = None,
     duration_s: DurationOpt = None,
     quiet: QuietOpt = False,
+    workers: WorkersOpt = 1,
+    join: JoinOpt = False,
 ) -> None:
     """Shelf sensors -> stock.readings -> alerts (stock.alerts) -> restock requests (stock.restock); every reading in the lake."""
     from affluent.apps.stock.pipeline import pipelines
@@ -69,7 +72,7 @@ def run_command(
     for p in made:
         for b in p.sources:
             console.print(f"stock: {b.source.describe()} -> {b.topic}", highlight=False)
-    run_pipelines(made, duration_s=duration_s, quiet=quiet)
+    run_pipelines(made, duration_s=duration_s, quiet=quiet, workers=workers, join=join)
 
 
 def analyze_command(
