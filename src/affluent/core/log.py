@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -233,8 +233,9 @@ class Membership(ABC):
 
     The partitions of every input topic are spread over the live members by partition number, so
     that partition p of each input lands on one member with the state of p. A member calls `sync`
-    often (it is also its heartbeat); partitions it must give up are checkpointed first, then
-    released; partitions of a member that is gone are taken over.
+    often (it is also its heartbeat). Partitions it must give up are handed to `on_revoke`, given at
+    `join`, which checkpoints them, and only then released; partitions of a member that is gone are
+    taken over.
     """
 
     group: str
@@ -243,11 +244,8 @@ class Membership(ABC):
     owned: set[TP]
 
     @abstractmethod
-    def sync(self) -> tuple[set[TP], set[TP]]:
-        """Heartbeat, then (partitions newly owned, partitions to checkpoint and `release`)."""
-
-    @abstractmethod
-    def release(self, partitions: set[TP]) -> None: ...
+    def sync(self) -> set[TP]:
+        """Heartbeat; give up what the group takes (through `on_revoke`); returns the partitions newly owned."""
 
     @abstractmethod
     def leave(self) -> None:
@@ -357,9 +355,10 @@ class Log(ABC):
     @abstractmethod
     def release_lease(self, name: str, owner: str) -> None: ...
 
-    def join(self, group: str, member: str, topics: Sequence[str], *, session_s: float = 10.0) -> Membership:
+    def join(self, group: str, member: str, topics: Sequence[str], on_revoke: Callable[[set[TP]], None], *, session_s: float = 10.0) -> Membership:
         """Join `group` as `member`, to share the partitions of `topics` with its other members.
 
+        on_revoke(partitions) checkpoints partitions this member must give up, before another takes them.
         A member whose heartbeat (its `sync`) is older than `session_s`, or whose process is dead, is gone.
         """
         raise ConfigError(f"the log {self.url} does not spread pipelines over workers yet")

@@ -223,7 +223,7 @@ class PipelineTask:
                 raise PipelineError(f"pipeline {p.name!r} cannot be spread over workers: {'; '.join(reasons)}")
             for n in p.stateful_nodes():
                 n.by_partition = True
-            self.membership = lg.join(p.name, self.member, list(p.inputs))
+            self.membership = lg.join(p.name, self.member, list(p.inputs), self._revoke)
             self.membership.sync()
             self._next_sync = time.monotonic() + SYNC_S
         for sink in p.sinks:
@@ -240,15 +240,16 @@ class PipelineTask:
         if ms is None or time.monotonic() < self._next_sync:
             return
         self._next_sync = time.monotonic() + SYNC_S
-        gained, revoked = ms.sync()
-        if revoked:
-            self.commit(force=True)
-            self._drop(revoked)
-            ms.release(revoked)
-            log.info("pipeline %s: worker %s let go of %s", self.pipeline.name, self.member, _tps(revoked))
+        gained = ms.sync()
         if gained:
             self._take(gained)
             log.info("pipeline %s: worker %s took %s", self.pipeline.name, self.member, _tps(gained))
+
+    def _revoke(self, tps: set[tuple[str, int]]) -> None:
+        """The group takes `tps` from this worker: checkpoint what was read of them, then forget them."""
+        self.commit(force=True)
+        self._drop(tps)
+        log.info("pipeline %s: worker %s let go of %s", self.pipeline.name, self.member, _tps(tps))
 
     def _take(self, tps: set[tuple[str, int]]) -> None:
         """Start reading `tps` from their committed offsets, with the state of their partitions."""

@@ -14,7 +14,7 @@ import os
 import socket
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -471,10 +471,10 @@ class SQLiteLog(Log):
         with self._write(f"releasing pipeline {name!r} in") as conn:
             conn.execute("DELETE FROM leases WHERE name=? AND owner=?", (name, owner))
 
-    def join(self, group: str, member: str, topics: Sequence[str], *, session_s: float = 10.0) -> Membership:
+    def join(self, group: str, member: str, topics: Sequence[str], on_revoke: Callable[[set[TP]], None], *, session_s: float = 10.0) -> Membership:
         for t in topics:
             self._topic(t)
-        return _SQLiteMembership(self, group, member, list(topics), session_s)
+        return _SQLiteMembership(self, group, member, list(topics), on_revoke, session_s)
 
     # -- status ------------------------------------------------------------------------------------------------------
     def put_statuses(self, statuses: Mapping[str, Mapping[str, Any]]) -> None:
@@ -547,8 +547,9 @@ def _check_owned(conn: sqlite3.Connection, group: str, member: str, partitions: 
 class _SQLiteMembership(Membership):
     """Members and partition owners in two tables of the log file, changed in write transactions."""
 
-    def __init__(self, log_: SQLiteLog, group: str, member: str, topics: list[str], session_s: float) -> None:
+    def __init__(self, log_: SQLiteLog, group: str, member: str, topics: list[str], on_revoke: Callable[[set[TP]], None], session_s: float) -> None:
         self.log = log_
+        self.on_revoke = on_revoke
         self.group = group
         self.member = member
         self.topics = topics
@@ -567,7 +568,7 @@ class _SQLiteMembership(Membership):
             conn.execute("DELETE FROM members WHERE grp=? AND member=?", (self.group, m))
         return live
 
-    def sync(self) -> tuple[set[TP], set[TP]]:
+    def sync(self) -> set[TP]:
         now = now_ms()
         with self.log._write(f"syncing worker {self.member} of {self.group!r} in") as conn:
             conn.execute("INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?)", (self.group, self.member, os.getpid(), self.host, now))
@@ -583,11 +584,13 @@ class _SQLiteMembership(Membership):
             owned = {tp for tp, m in owners.items() if m == self.member} | set(take)
         gained = owned - self.owned
         self.owned = owned
-        return gained, owned - mine
+        revoked = owned - mine
+        if revoked:
+            self.on_revoke(revoked)
+            self._release(revoked)
+        return gained
 
-    def release(self, partitions: set[TP]) -> None:
-        if not partitions:
-            return
+    def _release(self, partitions: set[TP]) -> None:
         with self.log._write(f"releasing partitions of worker {self.member} in") as conn:
             rows = [(self.group, t, p, self.member) for t, p in partitions]
             conn.executemany("DELETE FROM owners WHERE grp=? AND topic=? AND partition=? AND member=?", rows)
