@@ -43,8 +43,10 @@ from affluent.core.errors import (
     UnknownTopicError,
 )
 from affluent.core.log import (
+    TP,
     Checkpoint,
     Log,
+    Membership,
     OutgoingBatch,
     PartitionInfo,
     StateChange,
@@ -150,6 +152,9 @@ class KafkaLog(Log):
         self._counts: dict[str, tuple[int, float]] = {}
         self._meta: dict[str, _MetaTopic] = {}
         self._readers: list[_Reader] = []
+        #: (group, member) -> this process's membership, and the transactional producer of its checkpoints
+        self._members: dict[tuple[str, str], _KafkaMembership] = {}
+        self._member_producers: dict[tuple[str, str], tuple[Any, threading.Lock]] = {}
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> KafkaLog:
@@ -277,7 +282,10 @@ class KafkaLog(Log):
             reader.close()
             self._local.reader = None
             self._readers.remove(reader)
+        for ms in list(self._members.values()):
+            ms.leave()
         with self._lock:
+            self._member_producers.clear()
             for _, prod, _ in self._leases.values():
                 with contextlib.suppress(Exception):
                     prod.flush(1)
@@ -529,6 +537,8 @@ class KafkaLog(Log):
         for topic in [t for t, b in cp.appends.items() if len(b)] + sorted({t for t, _ in cp.offsets}):
             self._partitions_cached(topic)  # an unknown topic fails the checkpoint before anything is written
         self._ensure_changelogs(cp.state)
+        if cp.member is not None:
+            return self._commit_member(cp)
         if cp.owner is None:
             return self._commit_plain(cp)
         lease = cp.lease or cp.group
@@ -539,7 +549,24 @@ class KafkaLog(Log):
         with lock:
             return self._commit(prod, cp)
 
-    def _commit(self, prod: Any, cp: Checkpoint) -> dict[str, dict[int, tuple[int, int]]]:
+    def _commit_member(self, cp: Checkpoint) -> dict[str, dict[int, tuple[int, int]]]:
+        """A worker's checkpoint: one transaction whose offsets carry the group generation it owns them in."""
+        assert cp.member is not None
+        ms = self._members.get((cp.group, cp.member))
+        lost = sorted(cp.partitions - ms.owned) if ms is not None else sorted(cp.partitions)
+        if ms is None or lost:
+            where = ", ".join(f"{t}[{p}]" for t, p in lost[:5])
+            raise FencedError(f"pipeline {cp.group!r}: worker {cp.member} no longer owns {where}; this checkpoint is not applied")
+        key = (cp.group, cp.member)
+        with self._lock:
+            held = self._member_producers.get(key)
+            if held is None:
+                held = self._member_producers[key] = (self._new_producer(f"affluent.{cp.group}.{cp.member}"), threading.Lock())
+        prod, lock = held
+        with lock:
+            return self._commit(prod, cp, ms.consumer)
+
+    def _commit(self, prod: Any, cp: Checkpoint, consumer: Any = None) -> dict[str, dict[int, tuple[int, int]]]:
         delivered: list[_Delivered] = []
 
         def fill() -> None:
@@ -549,7 +576,8 @@ class KafkaLog(Log):
         def offsets() -> None:
             if cp.offsets:
                 tps = [ck.TopicPartition(t, p, o) for (t, p), o in cp.offsets.items()]
-                prod.send_offsets_to_transaction(tps, self._group_client(cp.group).consumer_group_metadata(), self.timeout_s)
+                metadata = (consumer or self._group_client(cp.group)).consumer_group_metadata()
+                prod.send_offsets_to_transaction(tps, metadata, self.timeout_s)
 
         self._transaction(prod, f"committing a checkpoint of {cp.group!r} to", fill, offsets)
         return {d.topic: d.result(self) for d in delivered}
@@ -586,6 +614,9 @@ class KafkaLog(Log):
                 n = max(n, have)
             known[store] = n
             self._counts[topic] = (n, time.monotonic())
+
+    def prepare_stores(self, stores: Sequence[str], partitions: int) -> None:
+        self._ensure_changelogs([StateChange(store, partitions - 1, b"", None) for store in stores])
 
     def _wait_partitions(self, topic: str, n: int) -> None:
         deadline = time.monotonic() + self.timeout_s
@@ -683,6 +714,13 @@ class KafkaLog(Log):
         row = self._meta_topic(LEASES_TOPIC).latest().get(name)
         if row is not None and row.get("owner") == owner:
             self._meta_topic(LEASES_TOPIC).put({name: {"owner": None, "heartbeat_ms": now_ms()}})
+
+    def join(self, group: str, member: str, topics: Sequence[str], on_revoke: Callable[[set[TP]], None], *, session_s: float = 10.0) -> Membership:
+        for t in topics:
+            self._partitions(t)
+        ms = _KafkaMembership(self, group, member, list(topics), on_revoke, session_s)
+        self._members[(group, member)] = ms
+        return ms
 
     # -- status ----------------------------------------------------------------------------------------------------
     def put_statuses(self, statuses: Mapping[str, Mapping[str, Any]]) -> None:
@@ -867,6 +905,75 @@ def _batch(topic: str, partition: int, msgs: list[Any], value_format: str, decod
         times.append(t)
     values, failures = decode_values(raw, value_format, decoder)
     return RecordBatch(topic, partition, msgs[0].offset(), keys, values, times, headers if any_headers else None, failures)
+
+
+class _KafkaMembership(Membership):
+    """A member of the pipeline's Kafka consumer group. Its consumer only holds the assignment (its
+    partitions are paused: the task reads them with its own reader); the range assignor gives
+    partition p of every input topic to the same member."""
+
+    def __init__(self, log_: KafkaLog, group: str, member: str, topics: list[str], on_revoke: Callable[[set[TP]], None], session_s: float) -> None:
+        self.log = log_
+        self.group = group
+        self.member = member
+        self.on_revoke = on_revoke
+        self.owned: set[TP] = set()
+        self._gained: set[TP] = set()
+        session_ms = int(session_s * 1000)
+        conf = log_.consumer_conf(
+            group,
+            **{
+                "session.timeout.ms": session_ms,
+                "heartbeat.interval.ms": max(100, session_ms // 5),
+                "partition.assignment.strategy": "range",
+                "client.id": f"affluent-{member}",
+            },
+        )
+        self.consumer = ck.Consumer(conf)
+        self.consumer.subscribe(topics, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost)
+
+    def _assigned(self, consumer: Any, partitions: list[Any]) -> None:
+        consumer.pause(partitions)
+        tps = {(p.topic, p.partition) for p in partitions}
+        self.owned |= tps
+        self._gained |= tps
+
+    def _revoked(self, consumer: Any, partitions: list[Any]) -> None:
+        tps = {(p.topic, p.partition) for p in partitions} & self.owned
+        try:
+            if tps:
+                self.on_revoke(tps)  # checkpointed while this member's generation still owns them
+        finally:
+            self.owned -= tps
+            self._gained -= tps
+
+    def _lost(self, consumer: Any, partitions: list[Any]) -> None:
+        tps = {(p.topic, p.partition) for p in partitions}
+        self.owned -= tps
+        self._gained -= tps
+        raise FencedError(f"pipeline {self.group!r}: worker {self.member} was taken for gone and lost {', '.join(f'{t}[{p}]' for t, p in sorted(tps))}")
+
+    def sync(self) -> set[TP]:
+        with self.log._errors(f"syncing worker {self.member} of {self.group!r} with"):
+            self.consumer.poll(0)  # serves the group's rebalance callbacks
+        gained, self._gained = self._gained, set()
+        return gained
+
+    def leave(self) -> None:
+        with contextlib.suppress(Exception):
+            self.consumer.close()
+        self.owned = set()
+        self.log._members.pop((self.group, self.member), None)
+
+    def members(self) -> dict[str, list[TP]]:
+        admin = self.log._admin_client()
+        with self.log._errors(f"describing group {self.group!r} of"):
+            desc = admin.describe_consumer_groups([self.group], request_timeout=self.log.timeout_s)[self.group].result(self.log.timeout_s)
+        out: dict[str, list[TP]] = {}
+        for m in desc.members:
+            parts = m.assignment.topic_partitions if m.assignment is not None else []
+            out[m.client_id or m.member_id] = sorted((tp.topic, tp.partition) for tp in parts)
+        return out
 
 
 class _MetaTopic:

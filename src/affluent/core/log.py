@@ -339,6 +339,10 @@ class Log(ABC):
     @abstractmethod
     def load_state(self, store: str, partition: int) -> dict[bytes, bytes]: ...
 
+    def prepare_stores(self, stores: Sequence[str], partitions: int) -> None:
+        """Make room for state stores kept per input partition, `partitions` of them (Kafka: changelog topics)."""
+        return None
+
     # -- ownership -------------------------------------------------------------------------------
     def acquire_lease(self, name: str, owner: str, *, takeover_after_s: float = 10.0) -> None:
         """Claim exclusive ownership of `name` (a pipeline), or raise PipelineAlreadyRunningError."""

@@ -215,6 +215,8 @@ class PipelineTask:
         for topic in (p.dlq_topic, f"{p.name}.late"):
             if not lg.topic_exists(topic):
                 lg.create_topic(topic, TopicConfig(retention_ms=30 * 86_400_000))
+        widest = max((len(lg.describe_topic(t).partitions) for t in p.inputs), default=1)
+        lg.prepare_stores([f"{p.name}.{n.name}" for n in p.stateful_nodes()] + [f"{p.name}.tables"], widest)
         if self.member is None:
             lg.acquire_lease(p.name, self.owner)
         else:
