@@ -677,3 +677,36 @@ def test_a_stale_lease_is_taken_over_and_the_old_owner_fenced(log_backend: Any) 
     mine.appends["out"] = _out([None], ["b1"], [3])
     b.commit_checkpoint(mine)
     assert _values(a, "out") == ["a1", "b1"]
+
+
+# -- workers: a group's members share its partitions ---------------------------------------------------------
+
+
+# Kafka's group protocol is tried by tests/integration/test_workers.py (a rejoin takes seconds there)
+@pytest.mark.backends("sqlite")
+def test_members_share_partitions_and_a_revoked_one_is_checkpointed_first(log_backend: Any) -> None:
+    a_log, b_log = log_backend.open(), log_backend.open()
+    a_log.create_topic("in", TopicConfig(partitions=4))
+    a_log.create_topic("other", TopicConfig(partitions=4))
+    given_up: list[set[tuple[str, int]]] = []
+    a = a_log.join("g", "a", ["in", "other"], given_up.append)
+    assert a.sync() == {(t, p) for t in ("in", "other") for p in range(4)}
+    b = b_log.join("g", "b", ["in", "other"], lambda tps: None)
+    assert b.sync() == set()  # a still owns them: b waits until a lets go
+    assert a.sync() == set()
+    # partition p of every topic goes to one member, with the state of p
+    assert given_up == [{("in", 1), ("in", 3), ("other", 1), ("other", 3)}]
+    assert b.sync() == {("in", 1), ("in", 3), ("other", 1), ("other", 3)}
+    assert a_log.group_members("g") == {"a": [("in", 0), ("in", 2), ("other", 0), ("other", 2)], "b": [("in", 1), ("in", 3), ("other", 1), ("other", 3)]}
+    # a checkpoint applies only while its member owns every partition it read
+    cp = Checkpoint(group="g", member="a", partitions=frozenset({("in", 0), ("in", 1)}), offsets={("in", 0): 1})
+    with pytest.raises(FencedError, match=r"in\[1\]"):
+        a_log.commit_checkpoint(cp)
+    assert a_log.committed("g", "in") == {}
+    cp.partitions = frozenset({("in", 0)})
+    a_log.commit_checkpoint(cp)
+    assert a_log.committed("g", "in") == {0: 1}
+    # a member that leaves hands everything over
+    b.leave()
+    assert a.sync() == {("in", 1), ("in", 3), ("other", 1), ("other", 3)}
+    assert list(a_log.group_members("g")) == ["a"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from typing import Annotated, Any
@@ -98,10 +99,11 @@ def describe(name: str) -> None:
     try:
         with open_configured_log() as log:
             info = log.describe_topic(name)
-            groups: list[tuple[str, str, int, int]] = []
-            lister = getattr(log, "list_groups", None)
-            if lister is not None:
-                groups = [g for g in lister() if g[1] == name]
+            groups = [g for g in log.list_groups() if g[1] == name]
+            owners: dict[tuple[str, tuple[str, int]], str] = {}
+            for g in {g for g, *_ in groups}:
+                with contextlib.suppress(AffluentError):  # a broker that cannot describe groups shows no workers
+                    owners.update({(g, tp): worker for worker, tps in log.group_members(g).items() for tp in tps})
     except AffluentError as exc:
         fail(exc)
     c = info.config
@@ -123,9 +125,9 @@ def describe(name: str) -> None:
     console.print(table)
     if groups:
         ends = {p.partition: p.end_offset for p in info.partitions}
-        gt = RichTable("group", "partition", "committed", "lag")
+        gt = RichTable("group", "partition", "committed", "lag", "worker")
         for g, _, part, off in groups:
-            gt.add_row(g, str(part), str(off), str(ends.get(part, off) - off))
+            gt.add_row(g, str(part), str(off), str(ends.get(part, off) - off), owners.get((g, (name, part)), "-"))
         console.print(gt)
 
 

@@ -715,6 +715,16 @@ class KafkaLog(Log):
         if row is not None and row.get("owner") == owner:
             self._meta_topic(LEASES_TOPIC).put({name: {"owner": None, "heartbeat_ms": now_ms()}})
 
+    def group_members(self, group: str) -> dict[str, list[TP]]:
+        admin = self._admin_client()
+        with self._errors(f"describing group {group!r} of"):
+            desc = admin.describe_consumer_groups([group], request_timeout=self.timeout_s)[group].result(self.timeout_s)
+        out: dict[str, list[TP]] = {}
+        for m in desc.members:
+            parts = m.assignment.topic_partitions if m.assignment is not None else []
+            out[(m.client_id or m.member_id).removeprefix("affluent-")] = sorted((tp.topic, tp.partition) for tp in parts)
+        return out
+
     def join(self, group: str, member: str, topics: Sequence[str], on_revoke: Callable[[set[TP]], None], *, session_s: float = 10.0) -> Membership:
         for t in topics:
             self._partitions(t)
@@ -966,14 +976,7 @@ class _KafkaMembership(Membership):
         self.log._members.pop((self.group, self.member), None)
 
     def members(self) -> dict[str, list[TP]]:
-        admin = self.log._admin_client()
-        with self.log._errors(f"describing group {self.group!r} of"):
-            desc = admin.describe_consumer_groups([self.group], request_timeout=self.log.timeout_s)[self.group].result(self.log.timeout_s)
-        out: dict[str, list[TP]] = {}
-        for m in desc.members:
-            parts = m.assignment.topic_partitions if m.assignment is not None else []
-            out[m.client_id or m.member_id] = sorted((tp.topic, tp.partition) for tp in parts)
-        return out
+        return self.log.group_members(self.group)
 
 
 class _MetaTopic:

@@ -339,6 +339,14 @@ class Log(ABC):
     @abstractmethod
     def load_state(self, store: str, partition: int) -> dict[bytes, bytes]: ...
 
+    def list_groups(self) -> list[tuple[str, str, int, int]]:
+        """(group, topic, partition, next offset) of every committed offset."""
+        return []
+
+    def group_members(self, group: str) -> dict[str, list[TP]]:
+        """The live workers of `group`, each with the input partitions it owns (empty: none runs as a worker)."""
+        return {}
+
     def prepare_stores(self, stores: Sequence[str], partitions: int) -> None:
         """Make room for state stores kept per input partition, `partitions` of them (Kafka: changelog topics)."""
         return None

@@ -973,6 +973,9 @@ class Runtime:
                 "dead_letters": int(self.metrics.get("affluent_dead_letters_total", pipeline=name)),
                 "inputs": sorted(p.inputs),
                 "sources": sources,
+                # as a worker: this process's name and the input partitions it owns now
+                "worker": self.worker,
+                "partitions": sorted(f"{t}[{n}]" for t, n in task.positions) if task is not None and task.member is not None else None,
             }
         return out
 

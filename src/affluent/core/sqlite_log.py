@@ -52,6 +52,8 @@ from affluent.core.records import Record, RecordBatch, ValueDecoder, decode_batc
 SCHEMA_VERSION = "1"
 MAX_BATCH_RECORDS = 8192
 MAX_BATCH_BYTES = 1 << 20
+#: a worker whose heartbeat is older than this is not listed among a group's live workers
+MEMBER_SESSION_MS = 10_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -471,6 +473,18 @@ class SQLiteLog(Log):
         with self._write(f"releasing pipeline {name!r} in") as conn:
             conn.execute("DELETE FROM leases WHERE name=? AND owner=?", (name, owner))
 
+    def group_members(self, group: str) -> dict[str, list[TP]]:
+        now = now_ms()
+        with self._errors(f"reading the workers of {group!r} in"):
+            conn = self._conn()
+            rows = conn.execute("SELECT member, heartbeat_ms FROM members WHERE grp=?", (group,)).fetchall()
+            owners = conn.execute("SELECT topic, partition, member FROM owners WHERE grp=? ORDER BY topic, partition", (group,)).fetchall()
+        out: dict[str, list[TP]] = {m: [] for m, beat in rows if now - beat <= MEMBER_SESSION_MS}
+        for t, p, m in owners:
+            if m in out:
+                out[m].append((t, p))
+        return out
+
     def join(self, group: str, member: str, topics: Sequence[str], on_revoke: Callable[[set[TP]], None], *, session_s: float = 10.0) -> Membership:
         for t in topics:
             self._topic(t)
@@ -603,16 +617,7 @@ class _SQLiteMembership(Membership):
         self.owned = set()
 
     def members(self) -> dict[str, list[TP]]:
-        now = now_ms()
-        with self.log._errors(f"reading the workers of {self.group!r} in"):
-            conn = self.log._conn()
-            rows = conn.execute("SELECT member, pid, host, heartbeat_ms FROM members WHERE grp=?", (self.group,)).fetchall()
-            owners = conn.execute("SELECT topic, partition, member FROM owners WHERE grp=? ORDER BY topic, partition", (self.group,)).fetchall()
-        out: dict[str, list[TP]] = {m: [] for m, pid, host, beat in rows if now - beat <= self.session_ms}
-        for t, p, m in owners:
-            if m in out:
-                out[m].append((t, p))
-        return out
+        return self.log.group_members(self.group)
 
 
 def _chunks(values: Sequence[bytes]) -> Iterator[tuple[int, int]]:
