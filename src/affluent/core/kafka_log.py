@@ -241,6 +241,8 @@ class KafkaLog(Log):
             "isolation.level": "read_committed",
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 50,
+            # big fetches: a pipeline reads a backlog in few round trips
+            "max.partition.fetch.bytes": 4 << 20,
             **extra,
         }
 
