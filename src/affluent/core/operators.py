@@ -409,3 +409,63 @@ class ToSink(Node):
                         raise
                     ctx.dead_letter(self.name, r.value, r.offset, one, timestamp_ms=r.timestamp_ms)
         ctx.count_out(self.name, len(recs))
+
+
+class Repartition(Node):
+    """Sends records to a repartition topic, partitioned by their key (or `key(value)`), so that each
+    key's state downstream has one owner among the workers. A record travels with its key, its value
+    and the input partition it came from, whose watermark the steps downstream follow."""
+
+    kind = "repartition"
+
+    def __init__(self, name: str, topic: str, key: Fn | None = None) -> None:
+        super().__init__(name)
+        self.topic = topic
+        self.key_fn = key
+
+    def process(self, batch: Batch, ctx: TaskContext) -> None:
+        keys = batch.keys
+        if self.key_fn is not None:
+            keys, ok = apply_each(self.key_fn, batch, ctx, self.name)
+            if ok is not None:
+                batch, keys = batch.select(ok), [k for k, keep in zip(keys, ok, strict=True) if keep]
+        p = ctx.partition
+        out = ctx.checkpoint.output(self.topic)
+        out.extend(
+            [k if k is None or type(k) is str else key_str(k) for k in keys],
+            [orjson.dumps({"k": k, "v": v, "p": p}, default=_to_builtins) for k, v in zip(keys, batch.values, strict=True)],
+            batch.timestamps,
+        )
+
+
+class Unwrap(Node):
+    """Reads a repartition topic: each record back with its own key and value, the state scope set to
+    the repartition partition, and the input partition it came from as the partition its steps see."""
+
+    kind = "unwrap"
+
+    def process(self, batch: Batch, ctx: TaskContext) -> None:
+        values = batch.values
+        n = len(values)
+        with ctx.scoped(ctx.partition):
+            i = 0
+            while i < n:
+                origin = values[i]["p"]
+                j = i + 1
+                while j < n and values[j]["p"] == origin:
+                    j += 1
+                run = values[i:j]
+                sub = Batch([_key(v["k"]) for v in run], [v["v"] for v in run], batch.timestamps[i:j], batch.offsets[i:j])
+                with ctx.at_partition(origin):
+                    self.emit(sub, ctx)
+                i = j
+
+
+def _key(k: Any) -> Any:
+    return tuple(_key(x) for x in k) if isinstance(k, list) else k
+
+
+def _to_builtins(obj: Any) -> Any:
+    import msgspec
+
+    return msgspec.to_builtins(obj)

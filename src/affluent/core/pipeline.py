@@ -30,8 +30,10 @@ from affluent.core.operators import (
     Map,
     Node,
     Outlet,
+    Repartition,
     ToSink,
     ToTopic,
+    Unwrap,
     Validate,
     WithTimestamp,
 )
@@ -101,6 +103,8 @@ class Pipeline:
         self.tables: dict[str, Table] = {}
         self.output_topics: dict[str, TopicConfig | None] = {}
         self.sinks: list[Sink] = []
+        #: topics this pipeline writes and reads back to spread re-keyed steps over workers
+        self.repartition_topics: set[str] = set()
         self._names: set[str] = set()
         self._counter = 0
 
@@ -157,6 +161,32 @@ class Pipeline:
 
     def stateful_nodes(self) -> list[Node]:
         return [n for n in self.nodes() if n.stateful]
+
+    def spread_by_repartition(self, partitions: Mapping[str, int]) -> None:
+        """Feed each step that groups records by a key other than their input's (a window or a dedupe
+        after `key_by`) from a repartition topic, `<pipeline>.<step>.repartition`, partitioned by that
+        key: each key then has one owner among the workers. Done only when running as workers: alone,
+        one process sees every key and needs no repartition topic. `partitions`: each input's count."""
+        widest = max(partitions.values(), default=1)
+        for source_topic, source_root in list(self.inputs.items()):
+            self._repartition_under(source_root, partitions.get(source_topic, 1), widest)
+
+    def _repartition_under(self, source_root: Node, origins: int, widest: int) -> None:
+        for parent in list(source_root.walk()):
+            for i, child in enumerate(parent.children):
+                if not getattr(child, "across", False) or getattr(child, "repartitioned", False):
+                    continue
+                topic = f"{self.name}.{child.name}.repartition"
+                key = getattr(child, "key_fn", None) if isinstance(child, Dedupe) else None
+                parent.children[i] = Repartition(f"{child.name}.repartition", topic, key)
+                if isinstance(child, WindowOp):
+                    child.origins = origins
+                root = self.inputs[topic] = TopicInput(topic, TopicConfig(partitions=widest, retention_ms=86_400_000))
+                unwrap = Unwrap(f"{child.name}.unwrap")
+                root.children.append(unwrap)
+                unwrap.children.append(child)
+                setattr(child, "repartitioned", True)  # noqa: B010 - windows and dedupes have it
+                self.repartition_topics.add(topic)
 
     def single_worker_reasons(self) -> list[str]:
         """Why this pipeline must run in one worker at a time (empty: its partitions can be shared)."""

@@ -106,10 +106,23 @@ class TaskContext:
         self.caught_up: set[tuple[str, int]] = set()
         #: every input (topic, partition) of the task
         self.inputs: set[tuple[str, int]] = set()
+        #: the state partition of steps that group records from every input partition: 0, or the partition
+        #: of the repartition topic being read
+        self.scope = 0
+        #: repartition topics among the inputs: their partitions are not where records come from
+        self.repartition_topics: set[str] = set()
+
+    @contextlib.contextmanager
+    def scoped(self, scope: int) -> Iterator[None]:
+        old, self.scope = self.scope, scope
+        try:
+            yield
+        finally:
+            self.scope = old
 
     def backlog_partitions(self) -> set[int]:
-        """Partition numbers with unread records in some input topic (state is kept per partition number)."""
-        return {p for _, p in self.backlog}
+        """Input partitions (of the topics records come from) with unread records."""
+        return {p for t, p in self.backlog if t not in self.repartition_topics}
 
     def partition_caught_up(self, partition: int) -> bool:
         """Every input topic's `partition` was read to its end by the last poll."""
@@ -313,6 +326,7 @@ class PipelineTask:
         self._refresh_tables()  # after the fresh checkpoint: dead letters of bad table rows go in it
         self._multi_partition = self.membership is not None or any(part > 0 for _, part in self.positions)
         self.ctx.inputs = set(self.positions)
+        self.ctx.repartition_topics = set(p.repartition_topics)
         self._dirty_offsets.clear()
         self._uncommitted = 0
 
@@ -878,6 +892,8 @@ class Runtime:
         under its own lease, and moves to another worker when that one is gone."""
         assert self.worker is not None
         for p in self.pipelines:
+            if p.inputs and not any(not s.shared_writes for s in p.sinks):
+                p.spread_by_repartition(self._partitions(p))
             reasons = p.single_worker_reasons()
             if p.inputs and not reasons:
                 task = PipelineTask(p, self.log, metrics=self.metrics, owner=owner, member=self.worker)
@@ -893,6 +909,13 @@ class Runtime:
         self._heartbeat = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
         self._heartbeat.start()
         return self
+
+    def _partitions(self, p: Pipeline) -> dict[str, int]:
+        """How many partitions each of `p`'s inputs has (or will have, as declared)."""
+        out = {}
+        for topic, node in p.inputs.items():
+            out[topic] = len(self.log.describe_topic(topic).partitions) if self.log.topic_exists(topic) else (node.config.partitions if node.config else 1)
+        return out
 
     def _claim(self, owner: str) -> None:
         """Run what no live worker runs: a pipeline's sources, or a pipeline that takes one worker."""

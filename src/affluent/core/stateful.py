@@ -98,18 +98,24 @@ class WindowOp(Node):
         # after key_by, records of one key come from every input partition: one state for all of them,
         # whose watermark is the lowest of the partitions' (embedded: one task reads every partition)
         self.across = across_partitions
-        self.input_wm: dict[int, int] = {}
-        self.input_wall: dict[int, int] = {}
+        #: per state partition: each input partition's watermark, and when it last had a record
+        self.input_wm: dict[int, dict[int, int]] = {}
+        self.input_wall: dict[int, dict[int, int]] = {}
         self.window = window
         self.agg = aggregate
         self.emit_mode = emit
         self.late = Outlet(f"{name}.late")
         self.parts: dict[int, _WindowPartition] = {}
         self._count_fast = type(aggregate) is Count
+        #: fed by a repartition topic (as workers): one state per repartition partition, whose watermark
+        #: waits for each of the `origins` input partitions (or for idle_ms without news from one)
+        self.repartitioned = False
+        self.origins = 0
+        self._scope_wall: dict[int, int] = {}
 
     # -- state ---------------------------------------------------------------------------------------
     def single_owner_reason(self) -> str | None:
-        if self.across:
+        if self.across and not self.repartitioned:
             return f"window {self.name!r} follows a key_by, so each of its keys comes from every input partition"
         return None
 
@@ -120,19 +126,21 @@ class WindowOp(Node):
 
     def close_partition(self, partition: int) -> None:
         self.parts.pop(partition, None)
+        self.input_wm.pop(partition, None)
+        self.input_wall.pop(partition, None)
 
     def open_partition(self, partition: int, state: dict[bytes, bytes], now_wall_ms: int) -> None:
-        if self.across and partition != 0:
+        if self.across and not self.repartitioned and partition != 0:
             return  # one state, kept under partition 0
         part = _WindowPartition(now_wall_ms)
         if self.across:
-            self.input_wm = {}
+            self.input_wm[partition] = {}
         for k, v in state.items():
             if k == _WM_KEY:
                 part.wm = orjson.loads(v)
                 continue
             if k.startswith(_INPUT_WM):
-                self.input_wm[int(k[len(_INPUT_WM) :])] = orjson.loads(v)
+                self.input_wm[partition][int(k[len(_INPUT_WM) :])] = orjson.loads(v)
                 continue
             self._load(part, orjson.loads(k), orjson.loads(v))
         self.parts[partition] = part
@@ -181,22 +189,23 @@ class WindowOp(Node):
             out.extend(self._changes(part, p))
             out.append(StateChange(self.store, p, _WM_KEY, dumps(part.wm)))
             if self.across:
-                out.extend(StateChange(self.store, 0, _INPUT_WM + str(q).encode(), dumps(w)) for q, w in self.input_wm.items())
+                out.extend(StateChange(self.store, p, _INPUT_WM + str(q).encode(), dumps(w)) for q, w in self.input_wm.get(p, {}).items())
             part.dirty.clear()
             part.wm_dirty = False
         return out
 
     # -- processing --------------------------------------------------------------------------------------
     def process(self, batch: Batch, ctx: TaskContext) -> None:
-        scope = 0 if self.across else ctx.partition
+        scope = ctx.scope if self.across else ctx.partition
         part = self.parts.get(scope)
         if part is None:
             part = self.parts[scope] = _WindowPartition(ctx.now_wall_ms)
         batch = hashable_keys(batch, ctx, self.name)
         ts = batch.timestamps
         if self.across:
-            own = self.input_wm.get(ctx.partition, MIN_TIME)
-            cap = min((w for q, w in self.input_wm.items() if q != ctx.partition), default=MAX_TIME)
+            wms = self.input_wm.setdefault(scope, {})
+            own = wms.get(ctx.partition, MIN_TIME)
+            cap = min((w for q, w in wms.items() if q != ctx.partition), default=MAX_TIME)
             start_wm = own
         else:
             cap, start_wm = MAX_TIME, part.wm
@@ -215,17 +224,18 @@ class WindowOp(Node):
             self._add(part, batch, ctx, start_wm, cap, floor)
             hi = max(ts)
             if self.across:
-                if hi > self.input_wm.get(ctx.partition, MIN_TIME):
-                    self.input_wm[ctx.partition] = hi
-                self.input_wall[ctx.partition] = ctx.now_wall_ms
-                hi = self._across_wm(ctx)
+                wms = self.input_wm[scope]
+                if hi > wms.get(ctx.partition, MIN_TIME):
+                    wms[ctx.partition] = hi
+                self.input_wall.setdefault(scope, {})[ctx.partition] = ctx.now_wall_ms
+                hi = self._across_wm(ctx, scope)
             if hi > part.wm:
                 part.wm = hi
                 part.wm_dirty = True
         part.last_data_wall = part.last_tick_wall = ctx.now_wall_ms
         self._after(part, ctx)
 
-    def _across_wm(self, ctx: TaskContext) -> int:
+    def _across_wm(self, ctx: TaskContext, scope: int) -> int:
         """The lowest watermark of the input partitions that still matter.
 
         A partition with unread records counts (even before its first record is read); one that is
@@ -235,11 +245,14 @@ class WindowOp(Node):
         now = ctx.now_wall_ms
         lowest = MAX_TIME
         backlog = ctx.backlog_partitions()
-        for q in set(self.input_wm) | backlog:
-            if q not in backlog and idle is not None and now - self.input_wall.get(q, now) >= idle:
+        wms, walls = self.input_wm.get(scope, {}), self.input_wall.get(scope, {})
+        # repartitioned: an input partition not heard from yet counts too, from when this state began
+        began = self._scope_wall.setdefault(scope, now)
+        for q in set(wms) | backlog | set(range(self.origins)):
+            if q not in backlog and idle is not None and now - walls.get(q, began) >= idle:
                 continue
-            lowest = min(lowest, self.input_wm.get(q, MIN_TIME))
-        return lowest if lowest != MAX_TIME else max(self.input_wm.values(), default=MIN_TIME)
+            lowest = min(lowest, wms.get(q, MIN_TIME))
+        return lowest if lowest != MAX_TIME else max(wms.values(), default=MIN_TIME)
 
     def _late(self, ts: list[int], wm: int, cap: int = MAX_TIME, floor: int = MIN_TIME) -> list[int]:
         """Indices of late records, the watermark advancing record by record: max(floor, min(own, cap))."""
@@ -305,14 +318,15 @@ class WindowOp(Node):
     def tick(self, ctx: TaskContext, now_wall_ms: int) -> None:
         """Advance idle partitions' watermarks with the wall clock and close what is due."""
         idle = self.window.idle_ms
-        if self.across and self.input_wm:
-            part = self.parts.get(0)
-            if part is not None:
-                wm = self._across_wm(ctx)
+        if self.across:
+            for scope, part in self.parts.items():
+                if not self.input_wm.get(scope):
+                    continue
+                wm = self._across_wm(ctx, scope)
                 if wm > part.wm:
                     part.wm = wm
                     part.wm_dirty = True
-                    with ctx.at_partition(0):
+                    with ctx.at_partition(scope):
                         self._close(part, ctx)
         if idle is None:
             return
@@ -516,9 +530,11 @@ class Dedupe(Node):
         self.seen: dict[int, dict[Any, list[Any]]] = {}
         self.dirty: dict[int, set[Any]] = {}
         self.wm: dict[int, int] = {}
+        #: fed by a repartition topic (as workers): one state per repartition partition
+        self.repartitioned = False
 
     def single_owner_reason(self) -> str | None:
-        if self.across:
+        if self.across and not self.repartitioned:
             return f"dedupe {self.name!r} keys records by something else than their input key"
         return None
 
@@ -533,7 +549,7 @@ class Dedupe(Node):
         self.wm.pop(partition, None)
 
     def open_partition(self, partition: int, state: dict[bytes, bytes], now_wall_ms: int) -> None:
-        if self.across and partition != 0:
+        if self.across and not self.repartitioned and partition != 0:
             return  # one state, kept under partition 0
         seen = {}
         for k, v in state.items():
@@ -558,7 +574,7 @@ class Dedupe(Node):
         return out
 
     def process(self, batch: Batch, ctx: TaskContext) -> None:
-        p = 0 if self.across else ctx.partition
+        p = ctx.scope if self.across else ctx.partition
         if p not in self.seen:
             self.open_partition(p, {}, ctx.now_wall_ms)
         seen, dirty = self.seen[p], self.dirty[p]

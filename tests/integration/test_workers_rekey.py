@@ -1,0 +1,86 @@
+"""Workers and `key_by`: a window after a re-key reads a repartition topic, and several workers,
+killed and replaced, give the windows of one process running alone (which needs no repartition)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from affluent.core.log import open_log
+from affluent.testing import read_topic
+
+APP = Path(__file__).with_name("rekey_app.py")
+sys.path.insert(0, str(APP.parent))
+import rekey_app  # noqa: E402
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+
+
+def _worker(url: str, name: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, str(APP), url, name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "started", proc.stderr.read() if proc.stderr else ""
+    return proc
+
+
+def _windows(url: str) -> Counter[tuple[Any, ...]]:
+    log = open_log(url)
+    try:
+        if not log.topic_exists("rk.windows"):
+            return Counter()
+        return Counter((r.key, r.value["start_ms"], r.value["n"], r.value["total"]) for r in read_topic(log, "rk.windows"))
+    finally:
+        log.close()
+
+
+def test_a_rekeyed_window_on_three_workers_killed_and_replaced(tmp_path: Path) -> None:
+    _run(tmp_path, f"sqlite:///{tmp_path / 'workers.db'}", kills=3)
+
+
+def test_a_rekeyed_window_on_kafka_workers_killed_and_replaced(tmp_path: Path, kafka_broker: Any) -> None:
+    _run(tmp_path, kafka_broker.url, kills=2)
+
+
+def _run(tmp_path: Path, url: str, *, kills: int) -> None:
+    ref = f"sqlite:///{tmp_path / 'alone.db'}"
+    r = subprocess.run([sys.executable, str(APP), ref], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    want = _windows(ref)
+    assert sum(n for (_, _, n, _) in want) == rekey_app.N_EVENTS  # every event in a closed window: none late
+    rnd = random.Random(7)
+    workers = {f"w{i}": _worker(url, f"w{i}") for i in range(3)}
+    logs: list[str] = []
+    started = time.monotonic()
+    try:
+        for kill in range(1, kills + 1):
+            time.sleep(rnd.uniform(0.3, 1.0))
+            name = rnd.choice(sorted(workers))
+            os.kill(workers[name].pid, signal.SIGKILL)
+            logs.append(workers.pop(name).communicate(timeout=30)[1])
+            workers[f"w{2 + kill}"] = _worker(url, f"w{2 + kill}")
+        while sum(_windows(url).values()) < sum(want.values()):
+            assert time.monotonic() - started < 300, f"{sum(_windows(url).values())} of {sum(want.values())} windows"
+            time.sleep(0.5)
+    finally:
+        for proc in workers.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in workers.values():
+            _, err = proc.communicate(timeout=60)
+            logs.append(err)
+            assert proc.returncode == 0, err
+    assert _windows(url) == want
+    log = open_log(url)
+    try:
+        assert log.topic_exists("rk.per-second.repartition")
+        assert len(log.describe_topic("rk.per-second.repartition").partitions) == rekey_app.PARTITIONS
+    finally:
+        log.close()
+    assert "runs pipeline rk" not in "\n".join(logs), "the re-keyed pipeline was spread, not run in one worker"
