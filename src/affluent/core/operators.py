@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from itertools import compress, islice
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import orjson
 
 from affluent.core.clock import MAX_EVENT_MS, MIN_EVENT_MS, event_time_error
@@ -411,6 +412,9 @@ class ToSink(Node):
         ctx.count_out(self.name, len(recs))
 
 
+_ENVELOPE = msgspec.json.Encoder()
+
+
 class Repartition(Node):
     """Sends records to a repartition topic, partitioned by their key (or `key(value)`), so that each
     key's state downstream has one owner among the workers. A record travels with its key, its value
@@ -430,10 +434,11 @@ class Repartition(Node):
             if ok is not None:
                 batch, keys = batch.select(ok), [k for k, keep in zip(keys, ok, strict=True) if keep]
         p = ctx.partition
+        encode = _ENVELOPE.encode  # msgspec: dicts, tuples and Structs (typed inputs) alike
         out = ctx.checkpoint.output(self.topic)
         out.extend(
             [k if k is None or type(k) is str else key_str(k) for k in keys],
-            [orjson.dumps({"k": k, "v": v, "p": p}, default=_to_builtins) for k, v in zip(keys, batch.values, strict=True)],
+            [encode({"k": k, "v": v, "p": p}) for k, v in zip(keys, batch.values, strict=True)],
             batch.timestamps,
         )
 
@@ -463,9 +468,3 @@ class Unwrap(Node):
 
 def _key(k: Any) -> Any:
     return tuple(_key(x) for x in k) if isinstance(k, list) else k
-
-
-def _to_builtins(obj: Any) -> Any:
-    import msgspec
-
-    return msgspec.to_builtins(obj)
