@@ -837,6 +837,7 @@ class Runtime:
         #: this process's name among the pipelines' workers (None: it runs them alone)
         self.worker = worker
         self._unclaimed: list[tuple[Pipeline, str]] = []
+        self._claims = threading.Lock()
         self._owner = ""
         #: (pipeline, owner, its task or None) for every lease this runtime holds
         self._leases: list[tuple[str, str, PipelineTask | None]] = []
@@ -883,7 +884,26 @@ class Runtime:
             ahead = None if b.source.simulated_clock else p.max_event_ahead_ms
             st = SourceTask(b, self.log, metrics=self.metrics, dlq_topic=p.dlq_topic, lease=(lease, owner), max_event_ahead_ms=ahead, pipeline=p.name)
             self.source_tasks.append(st)
-            self._source_threads.append(self._spawn(f"source-{b.source.name}", st.run, self.sources_stop))
+            self._source_threads.append(self._spawn(f"source-{b.source.name}", self._yielding(p, lease, st.run), self.sources_stop))
+
+    def _yielding(self, p: Pipeline, lease: str, run: Callable[[threading.Event], None]) -> Callable[[threading.Event], None]:
+        """As a worker, a task run under a lease that another worker took (two claimed a dead
+        worker's at once, and the later fenced the earlier) stops here quietly: the lease is
+        claimed again when it is free."""
+        if self.worker is None:
+            return run
+
+        def guarded(stop: threading.Event) -> None:
+            try:
+                run(stop)
+            except FencedError as exc:
+                log.warning("worker %s: %s; another worker runs it", self.worker, exc)
+                with self._claims:
+                    self._leases = [x for x in self._leases if x[0] != lease]
+                    if (p, lease) not in self._unclaimed:
+                        self._unclaimed.append((p, lease))
+
+        return guarded
 
     def _start_worker(self, owner: str) -> Runtime:
         """As one of several workers. A pipeline whose partitions can be shared runs here on the
@@ -919,6 +939,10 @@ class Runtime:
 
     def _claim(self, owner: str) -> None:
         """Run what no live worker runs: a pipeline's sources, or a pipeline that takes one worker."""
+        with self._claims:
+            self._claim_free(owner)
+
+    def _claim_free(self, owner: str) -> None:
         for p, lease in list(self._unclaimed):
             try:
                 self.log.acquire_lease(lease, owner)
@@ -930,7 +954,7 @@ class Runtime:
             if lease == p.name and p.inputs:
                 task = PipelineTask(p, self.log, metrics=self.metrics, owner=owner)
                 self.tasks.append(task)
-                self._spawn(f"pipeline-{p.name}", task.run, self.stop_event)
+                self._spawn(f"pipeline-{p.name}", self._yielding(p, lease, task.run), self.stop_event)
             self._leases.append((lease, owner, task))
             log.info("worker %s runs %s", self.worker, f"pipeline {p.name}" if lease == p.name else f"the sources of pipeline {p.name}")
 
