@@ -55,13 +55,20 @@ class Events(Source):
         return SourcePoll(records=recs, position=end, done=end >= N_EVENTS, wait_s=0.05)
 
 
+def count(state: Any, value: Any, ts: int) -> tuple[Any, list[Any]]:
+    n = (state or 0) + 1
+    return n, [{"group": value["group"], "n": n}]
+
+
 def build() -> Pipeline:
     p = Pipeline("rk", commit_interval_ms=50, max_poll_records=300)
+    grouped = p.source(Events(), topic="rk.events", config=TopicConfig(partitions=PARTITIONS, retention_ms=None)).key_by(lambda v: v["group"], name="by-group")
+    # a keyed step after the key_by: a running count per group
+    grouped.stateful(count, key=lambda v: v["group"], name="count").to_topic("rk.counts", config=TopicConfig(retention_ms=None))
     (
-        p.source(Events(), topic="rk.events", config=TopicConfig(partitions=PARTITIONS, retention_ms=None))
-        .key_by(lambda v: v["group"], name="by-group")
-        .window(TumblingWindow(size_ms=1_000, grace_ms=500, idle_ms=None), {"n": Count(), "total": Sum("x")}, name="per-second")
-        .to_topic("rk.windows", config=TopicConfig(retention_ms=None))
+        grouped.window(TumblingWindow(size_ms=1_000, grace_ms=500, idle_ms=None), {"n": Count(), "total": Sum("x")}, name="per-second").to_topic(
+            "rk.windows", config=TopicConfig(retention_ms=None)
+        )
     )
     return p
 

@@ -41,6 +41,15 @@ def _windows(url: str) -> Counter[tuple[Any, ...]]:
         log.close()
 
 
+def _counts(url: str) -> Counter[tuple[Any, ...]]:
+    """The keyed step's outputs: each group's running count, once per record."""
+    log = open_log(url)
+    try:
+        return Counter((r.value["group"], r.value["n"]) for r in read_topic(log, "rk.counts"))
+    finally:
+        log.close()
+
+
 def test_a_rekeyed_window_on_three_workers_killed_and_replaced(tmp_path: Path) -> None:
     _run(tmp_path, f"sqlite:///{tmp_path / 'workers.db'}", kills=3)
 
@@ -66,7 +75,7 @@ def _run(tmp_path: Path, url: str, *, kills: int) -> None:
             os.kill(workers[name].pid, signal.SIGKILL)
             logs.append(workers.pop(name).communicate(timeout=30)[1])
             workers[f"w{2 + kill}"] = _worker(url, f"w{2 + kill}")
-        while sum(_windows(url).values()) < sum(want.values()):
+        while sum(_windows(url).values()) < sum(want.values()) or sum(_counts(url).values()) < sum(_counts(ref).values()):
             assert time.monotonic() - started < 300, f"{sum(_windows(url).values())} of {sum(want.values())} windows"
             time.sleep(0.5)
     finally:
@@ -77,9 +86,10 @@ def _run(tmp_path: Path, url: str, *, kills: int) -> None:
             logs.append(err)
             assert proc.returncode == 0, err
     assert _windows(url) == want
+    assert _counts(url) == _counts(ref)
     log = open_log(url)
     try:
-        assert log.topic_exists("rk.per-second.repartition")
+        assert log.topic_exists("rk.per-second.repartition") and log.topic_exists("rk.count.repartition")
         assert len(log.describe_topic("rk.per-second.repartition").partitions) == rekey_app.PARTITIONS
     finally:
         log.close()

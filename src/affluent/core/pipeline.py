@@ -174,10 +174,11 @@ class Pipeline:
     def _repartition_under(self, source_root: Node, origins: int, widest: int) -> None:
         for parent in list(source_root.walk()):
             for i, child in enumerate(parent.children):
-                if not getattr(child, "across", False) or getattr(child, "repartitioned", False):
+                regroups = getattr(child, "across", False) or getattr(child, "rekeyed_input", False)
+                if not regroups or getattr(child, "repartitioned", False):
                     continue
                 topic = f"{self.name}.{child.name}.repartition"
-                key = getattr(child, "key_fn", None) if isinstance(child, Dedupe) else None
+                key = getattr(child, "key_fn", None) if isinstance(child, Dedupe | KeyedStep) else None
                 parent.children[i] = Repartition(f"{child.name}.repartition", topic, key)
                 if isinstance(child, WindowOp):
                     child.origins = origins
@@ -299,7 +300,9 @@ class Stream:
         record; with `coalesce`, a batch emits only each key's last output; with `combine`, a batch's values of
         one key are merged before the step. See `affluent.core.stateful.KeyedStep`.
         """
-        return self._then(KeyedStep(self._name(name, "stateful"), key, step, ttl_ms=ttl_ms, coalesce=coalesce, combine=combine), rekeyed=True)
+        node = KeyedStep(self._name(name, "stateful"), key, step, ttl_ms=ttl_ms, coalesce=coalesce, combine=combine)
+        node.rekeyed_input = self.rekeyed  # after a key_by, workers feed it from a repartition topic
+        return self._then(node, rekeyed=True)
 
     def window(
         self,

@@ -676,6 +676,9 @@ class KeyedStep(Node):
         self._late = 0
         #: as a worker: the input partition each key's records come from
         self.partition_of: dict[Any, int] = {}
+        #: its stream was re-keyed before it: as workers, it reads a repartition topic keyed by its key
+        self.rekeyed_input = False
+        self.repartitioned = False
 
     def reset(self) -> None:
         self.states, self.expires, self.dirty, self.partition_of = {}, {}, set(), {}
@@ -709,11 +712,13 @@ class KeyedStep(Node):
             del self.partition_of[k]
 
     def _place(self, key: Any, ctx: TaskContext) -> None:
-        """As a worker: a key's records must all come from one input partition, which owns its state."""
-        p = self.partition_of.setdefault(key, ctx.partition)
-        if p != ctx.partition:
+        """As a worker: a key's records must all come from one input partition, which owns its state
+        (the repartition topic's partition when it reads one)."""
+        here = ctx.scope if self.repartitioned else ctx.partition
+        p = self.partition_of.setdefault(key, here)
+        if p != here:
             raise PipelineError(
-                f"step {self.name!r}: key {key!r} comes from input partitions {p} and {ctx.partition}: the input is not "
+                f"step {self.name!r}: key {key!r} comes from input partitions {p} and {here}: the input is not "
                 "partitioned by this step's key, so it cannot be spread over workers (key the input topic by it)"
             )
 
