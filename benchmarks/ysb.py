@@ -34,7 +34,7 @@ import orjson
 
 from affluent.core.aggregates import Count
 from affluent.core.expr import col
-from affluent.core.log import OutgoingBatch, TopicConfig
+from affluent.core.log import Log, OutgoingBatch, TopicConfig
 from affluent.core.metrics import Metrics
 from affluent.core.pipeline import Pipeline
 from affluent.core.runtime import PipelineTask
@@ -157,7 +157,7 @@ def ingest(events: list[bytes], log: SQLiteLog) -> float:
     return time.perf_counter() - t0
 
 
-def run_query(log: SQLiteLog, ads: dict[str, str], *, typed: bool, name: str) -> tuple[float, dict[tuple[str, int], int], int]:
+def run_query(log: Log, ads: dict[str, str], *, typed: bool, name: str) -> tuple[float, dict[tuple[str, int], int], int]:
     task = PipelineTask(ysb_pipeline(ads, typed=typed, name=name), log, metrics=Metrics())
     task.open()
     gc.collect()

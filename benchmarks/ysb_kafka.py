@@ -18,7 +18,6 @@ against the baseline.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import shutil
 import subprocess
@@ -33,9 +32,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 import ysb
 
 from affluent.core.log import Checkpoint, Log, OutgoingBatch, TopicConfig, open_log
-from affluent.core.metrics import Metrics
-from affluent.core.runtime import PipelineTask
-from affluent.testing import read_topic
 from affluent.testing.broker import tansu_broker
 
 
@@ -54,18 +50,6 @@ def ingest(log: Log, events: list[bytes], partitions: int) -> float:
         cp.appends["ad-events"] = OutgoingBatch(keys[i : i + chunk], part, [1] * len(part), raw=True)
         log.commit_checkpoint(cp)
     return time.perf_counter() - t0
-
-
-def query(log: Log, ads: dict[str, str], name: str) -> tuple[float, dict[tuple[str, int], int]]:
-    task = PipelineTask(ysb.ysb_pipeline(ads, typed=True, name=name), log, metrics=Metrics())
-    task.open()
-    gc.collect()
-    t0 = time.perf_counter()
-    task.drain()
-    task.finish()
-    elapsed = time.perf_counter() - t0
-    task.close()
-    return elapsed, {(r.value["key"], r.value["start_ms"]): r.value["count"] for r in read_topic(log, f"{name}.campaign-counts")}
 
 
 def main() -> int:
@@ -88,14 +72,14 @@ def main() -> int:
     try:
         embedded = open_log(f"sqlite:///{folder / 'ysb.db'}")
         emb_in = ingest(embedded, events, args.partitions)
-        emb_q, emb_counts = query(embedded, ads, "ysb-embedded")
+        emb_q, emb_counts, _ = ysb.run_query(embedded, ads, typed=True, name="ysb-embedded")
         embedded.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     with tansu_broker() as broker:
         kafka = open_log(broker.url)
         k_in = ingest(kafka, events, args.partitions)
-        k_q, k_counts = query(kafka, ads, "ysb-kafka")
+        k_q, k_counts, _ = ysb.run_query(kafka, ads, typed=True, name="ysb-kafka")
         kafka.close()
         quix = run_quix(args, broker.bootstrap, ads, n, sum(reference.values())) if args.quix_python else None
 

@@ -6,17 +6,14 @@ Run as `python rekey_app.py LOG WORKER` (a worker until SIGTERM) or `python reke
 
 from __future__ import annotations
 
-import logging
-import signal
 import sys
-import threading
+from pathlib import Path
 from typing import Any
 
 from affluent.core.aggregates import Count, Sum
-from affluent.core.log import TopicConfig, open_log
+from affluent.core.log import TopicConfig
 from affluent.core.pipeline import Pipeline
 from affluent.core.records import Record
-from affluent.core.runtime import Runtime
 from affluent.core.sources import Source, SourcePoll
 from affluent.core.windows import TumblingWindow
 
@@ -73,25 +70,8 @@ def build() -> Pipeline:
     return p
 
 
-def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    url = sys.argv[1]
-    worker = sys.argv[2] if len(sys.argv) > 2 else None
-    rt = Runtime(open_log(url), worker=worker)
-    rt.add(build())
-    if worker is None:
-        rt.run_until_drained(timeout_s=120)
-        return 0
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    rt.start()
-    print("started", flush=True)
-    while not stop.wait(0.1):
-        if rt.errors:
-            raise rt.errors[0]
-    rt.stop()
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.path.insert(0, str(Path(__file__).parent))
+    from workers_app import serve
+
+    sys.exit(serve(build()))

@@ -24,14 +24,13 @@ from affluent.testing import read_topic
 APP = Path(__file__).with_name("workers_app.py")
 sys.path.insert(0, str(APP.parent))
 import workers_app  # noqa: E402
+from workers_app import start_worker  # noqa: E402
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 
 
 def _worker(url: str, name: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, str(APP), url, name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "started", proc.stderr.read() if proc.stderr else ""
-    return proc
+    return start_worker(APP, url, name)
 
 
 def _results(url: str) -> dict[str, Any]:

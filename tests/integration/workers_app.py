@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import signal
+import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from affluent.core.aggregates import Count, Sum
@@ -67,13 +69,14 @@ def build() -> Pipeline:
     return p
 
 
-def main() -> int:
+def serve(pipeline: Pipeline) -> int:
+    """`LOG WORKER`: run `pipeline` as that worker until SIGTERM; `LOG` alone: run it to the end of its input."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     url = sys.argv[1]
     worker = sys.argv[2] if len(sys.argv) > 2 else None
     log = open_log(url)
     rt = Runtime(log, worker=worker)
-    rt.add(build())
+    rt.add(pipeline)
     if worker is None:
         rt.run_until_drained(timeout_s=120)
         return 0
@@ -88,5 +91,12 @@ def main() -> int:
     return 0
 
 
+def start_worker(app: Path, url: str, name: str) -> subprocess.Popen[str]:
+    """Start `app` as worker `name`, once it says it has started."""
+    proc = subprocess.Popen([sys.executable, str(app), url, name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "started", proc.stderr.read() if proc.stderr else ""
+    return proc
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(serve(build()))

@@ -53,6 +53,7 @@ from affluent.core.log import (
     TopicConfig,
     TopicInfo,
     check_topic_name,
+    pid_alive,
     serialise_values,
 )
 from affluent.core.records import Headers, RecordBatch, ValueDecoder, decode_values
@@ -427,10 +428,10 @@ class KafkaLog(Log):
         return int(lo), int(hi)
 
     def end_offsets(self, topic: str) -> dict[int, int]:
-        return {p: hi for p, (_, hi) in self._watermarks(topic, self._partitions(topic)).items()}
+        return {p: hi for p, (_, hi) in self._watermarks(topic, self._partitions_cached(topic)).items()}
 
     def start_offsets(self, topic: str) -> dict[int, int]:
-        return {p: lo for p, (lo, _) in self._watermarks(topic, self._partitions(topic)).items()}
+        return {p: lo for p, (lo, _) in self._watermarks(topic, self._partitions_cached(topic)).items()}
 
     def _value_format(self, topic: str) -> str:
         cfg = self._configs.get(topic)
@@ -679,7 +680,7 @@ class KafkaLog(Log):
             row = leases.get(name)
             if row is None or row.get("owner") in (owner, None):
                 continue
-            dead = row.get("host") == host and not _pid_alive(int(row.get("pid", 0)))
+            dead = row.get("host") == host and not pid_alive(int(row.get("pid", 0)))
             stale = now - int(row.get("heartbeat_ms", 0)) > takeover_after_s * 1000
             if not (dead or stale):
                 ago = (now - int(row["heartbeat_ms"])) / 1000
@@ -754,16 +755,6 @@ class KafkaLog(Log):
                 self._create(name, 1, {"cleanup.policy": "compact"})
                 m = self._meta[name] = _MetaTopic(self, name)
             return m
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True
-    return True
 
 
 class _Delivered:
@@ -976,9 +967,6 @@ class _KafkaMembership(Membership):
             self.consumer.close()
         self.owned = set()
         self.log._members.pop((self.group, self.member), None)
-
-    def members(self) -> dict[str, list[TP]]:
-        return self.log.group_members(self.group)
 
 
 class _MetaTopic:

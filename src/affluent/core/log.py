@@ -8,6 +8,7 @@ changes and its input offsets in one transaction.
 
 from __future__ import annotations
 
+import os
 import re
 import zlib
 from abc import ABC, abstractmethod
@@ -176,6 +177,17 @@ class Checkpoint:
         return not (any(len(b) for b in self.appends.values()) or self.offsets or self.state)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this machine still runs (a lease or a worker of a dead one is free to take)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
@@ -250,10 +262,6 @@ class Membership(ABC):
     @abstractmethod
     def leave(self) -> None:
         """Release everything and leave the group."""
-
-    @abstractmethod
-    def members(self) -> dict[str, list[TP]]:
-        """Each live member, with the partitions it owns."""
 
 
 def spread(members: Sequence[str], partitions: Sequence[TP]) -> dict[str, set[TP]]:

@@ -44,6 +44,7 @@ from affluent.core.log import (
     TopicInfo,
     check_topic_name,
     partition_for,
+    pid_alive,
     serialise_values,
     spread,
 )
@@ -91,16 +92,6 @@ CREATE TABLE IF NOT EXISTS owners (
 CREATE TABLE IF NOT EXISTS statuses (
     name TEXT PRIMARY KEY, pid INTEGER NOT NULL, host TEXT NOT NULL, updated_ms INTEGER NOT NULL, status TEXT NOT NULL);
 """
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class SQLiteLog(Log):
@@ -449,7 +440,7 @@ class SQLiteLog(Log):
                 row = conn.execute("SELECT owner, pid, host, heartbeat_ms FROM leases WHERE name=?", (name,)).fetchone()
                 if row is not None and row[0] != owner:
                     _, pid, other_host, beat = row
-                    dead = other_host == host and not _pid_alive(pid)
+                    dead = other_host == host and not pid_alive(pid)
                     stale = now - beat > takeover_after_s * 1000
                     if not (dead or stale):
                         raise PipelineAlreadyRunningError(
@@ -576,7 +567,7 @@ class _SQLiteMembership(Membership):
         live: list[str] = []
         gone: list[str] = []
         for member, pid, host, beat in rows:
-            dead = host == self.host and not _pid_alive(pid)
+            dead = host == self.host and not pid_alive(pid)
             (gone if dead or now - beat > self.session_ms else live).append(member)
         for m in gone:
             conn.execute("DELETE FROM members WHERE grp=? AND member=?", (self.group, m))
@@ -615,9 +606,6 @@ class _SQLiteMembership(Membership):
             conn.execute("DELETE FROM owners WHERE grp=? AND member=?", (self.group, self.member))
             conn.execute("DELETE FROM members WHERE grp=? AND member=?", (self.group, self.member))
         self.owned = set()
-
-    def members(self) -> dict[str, list[TP]]:
-        return self.log.group_members(self.group)
 
 
 def _chunks(values: Sequence[bytes]) -> Iterator[tuple[int, int]]:
