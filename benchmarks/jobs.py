@@ -63,7 +63,7 @@ from affluent.apps.jobs.pipeline import LAKE_OFFERS, T_OFFERS, T_RAW, build_pipe
 from affluent.config import JobsSettings  # noqa: E402
 from affluent.core.log import DAY_MS, OutgoingBatch, TopicConfig  # noqa: E402
 from affluent.core.metrics import Metrics  # noqa: E402
-from affluent.core.runtime import PipelineTask, Runtime  # noqa: E402
+from affluent.core.runtime import Runtime  # noqa: E402
 from affluent.core.sources import Source, SourcePoll  # noqa: E402
 from affluent.core.sqlite_log import SQLiteLog  # noqa: E402
 from affluent.sinks.lake import dataset_path  # noqa: E402
@@ -467,15 +467,13 @@ def process_alone(raw_log: SQLiteLog, folder: Path, refs: Referentials, lake_com
     jobs, lake = build_pipelines(Done(), refs, serving_db=folder / "serving.db", lake_root=folder / "lake", lake_commit_ms=lake_commit_ms)
     out: dict[str, Any] = {"records": n}
     for p, key in ((jobs, "jobs"), (lake, "lake")):
-        task = PipelineTask(p, log, metrics=Metrics())
-        task.open()
+        metrics = Metrics()
         gc.collect()
         c0, t0 = cpu(), time.perf_counter()
-        task.drain()
+        Runtime(log, metrics=metrics).add(p).run_to_end()
         out[f"{key}_s"] = time.perf_counter() - t0
         out[f"{key}_cpu_s"] = cpu() - c0
-        out[f"{key}_checkpoints"] = int(task.metrics.get("affluent_checkpoints_total"))
-        task.close()
+        out[f"{key}_checkpoints"] = int(metrics.get("affluent_checkpoints_total"))
     log.close()
     rows = read_serving(folder / "serving.db", f"SELECT count(*) AS n, count(DISTINCT offer_id) AS d FROM {tables.OFFERS}")[0]
     out["serving_rows"], out["serving_distinct"] = rows["n"], rows["d"]

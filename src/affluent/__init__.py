@@ -43,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     "ParquetLakeSink": "affluent.sinks.lake",
     "ServingSink": "affluent.sinks.serving",
     "ReplaySource": "affluent.sources.replay",
+    "JsonLinesSource": "affluent.sources.files",
     # errors
     "AffluentError": "affluent.core.errors",
     "TransientError": "affluent.core.errors",

@@ -168,7 +168,7 @@ def main(argv: list[str]) -> int:
     monitor.start()
     say(f"ready {base}")
     try:
-        rt.run_until_drained(timeout_s=TIMEOUT_S)
+        rt.run_to_end(timeout_s=TIMEOUT_S)
     finally:
         stop.set()
         monitor.join()

@@ -116,7 +116,7 @@ def drain(pipelines: list[Pipeline], log: Any) -> None:
     rt = Runtime(log, metrics=Metrics())
     for p in pipelines:
         rt.add(p)
-    rt.run_until_drained(timeout_s=60)
+    rt.run_to_end(timeout_s=60)
 
 
 def dead_letters(log: Any, prefix: str) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ import pytest
 from affluent.analytics.base import DuckDBEngine, parse_when
 from affluent.analytics.stock import analyze_stock
 from affluent.apps.stock.catalogue import SEASONAL_PRODUCTS, season_of_month
-from affluent.apps.stock.pipeline import ALERTS, READINGS, RESTOCK, build_pipelines, run_until_drained, simulator_source
+from affluent.apps.stock.pipeline import ALERTS, READINGS, RESTOCK, build_pipelines, run_to_end, simulator_source
 from affluent.apps.stock.simulator import StockSimulator
 from affluent.config import StockSettings
 from affluent.core.sqlite_log import SQLiteLog
@@ -127,7 +127,7 @@ def week(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cfg = StockSettings(seed=SEED, stores=STORES, period_s=PERIOD_S, speed=math.inf, start=START, end=END, timezone=TZ)
     log = SQLiteLog(root / "affluent.db")
     pipes = build_pipelines(simulator_source(cfg), lake_root=root / "lake", tz=PARIS, lake_commit_ms=500)
-    counts = run_until_drained(pipes, log, timeout_s=120)
+    counts = run_to_end(pipes, log, timeout_s=120)
     topics = {t: [r.value for r in read_topic(log, t)] for t in (READINGS, ALERTS, RESTOCK, "stock.dlq")}
     log.close()
     return {"root": root, "counts": counts, "topics": topics, "direct": simulate_directly()}

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 from affluent.analytics.base import DuckDBEngine
 from affluent.apps.stock.catalogue import THRESHOLDS
-from affluent.apps.stock.pipeline import ALERTS, READINGS, RESTOCK, build_pipelines, run_until_drained
+from affluent.apps.stock.pipeline import ALERTS, READINGS, RESTOCK, build_pipelines, run_to_end
 from affluent.core.log import Log
 from affluent.core.metrics import Metrics
 from affluent.core.records import Record
@@ -40,7 +40,7 @@ def reading(store: str, product: str, quantity: int, when: str, n: int) -> dict[
 def run(log: Log, lake: Path, values: list[Any], *, name: str = "feed", redelivery_window: int | None = None, metrics: Metrics | None = None) -> dict[str, int]:
     source = ListSource([Record(value=v) for v in values], name=name, batch_size=7)
     pipes = build_pipelines(source, lake_root=lake, tz=PARIS, lake_commit_ms=200, redelivery_window=redelivery_window)
-    return run_until_drained(pipes, log, timeout_s=30, metrics=metrics)
+    return run_to_end(pipes, log, timeout_s=30, metrics=metrics)
 
 
 def lake_ids(lake: Path) -> list[str]:

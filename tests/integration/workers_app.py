@@ -28,6 +28,7 @@ KEYS = 20
 PARTITIONS = 4
 #: each key's last event, a day later, closes every window of its partition, whatever the partitioner
 SENTINELS = [f"k{i}" for i in range(KEYS)]
+SENTINEL_MS = 1_000 + N_EVENTS * 10 + 86_400_000
 
 
 def event(i: int) -> Record:
@@ -49,7 +50,7 @@ class Events(Source):
         end = min(self.pos + 100, N_EVENTS)
         recs = [event(i) for i in range(self.pos, end)]
         if end == N_EVENTS and self.pos < N_EVENTS:
-            recs += [Record(value={"id": -1, "key": k, "amount": 0}, key=k, timestamp_ms=1_000 + N_EVENTS * 10 + 86_400_000) for k in SENTINELS]
+            recs += [Record(value={"id": -1, "key": k, "amount": 0}, key=k, timestamp_ms=SENTINEL_MS) for k in SENTINELS]
         self.pos = end
         return SourcePoll(records=recs, position=end, done=end >= N_EVENTS, wait_s=0.05)
 
@@ -78,7 +79,7 @@ def serve(pipeline: Pipeline) -> int:
     rt = Runtime(log, worker=worker)
     rt.add(pipeline)
     if worker is None:
-        rt.run_until_drained(timeout_s=120)
+        rt.run_to_end(timeout_s=120)
         return 0
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

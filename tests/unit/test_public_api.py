@@ -15,6 +15,7 @@ PUBLIC = [
     "FencedError",
     "First",
     "HoppingWindow",
+    "JsonLinesSource",
     "KafkaLog",
     "Last",
     "Log",

@@ -137,7 +137,7 @@ def test_late_records_are_counted_in_the_status_and_logged(log: SQLiteLog, caplo
     rt = Runtime(log, metrics=Metrics())
     rt.add(p)
     with caplog.at_level(logging.WARNING, logger="affluent.runtime"):
-        rt.run_until_drained(timeout_s=30)
+        rt.run_to_end(timeout_s=30)
     status = next(s for s in rt.status() if s["kind"] == "pipeline")
     assert status["late"] == 2 and status["dead_letters"] == 0
     assert any("late record(s)" in m for m in caplog.messages)

@@ -27,7 +27,7 @@ from affluent.core.log import TopicConfig
 from affluent.core.metrics import Metrics
 from affluent.core.pipeline import Pipeline
 from affluent.core.records import Record
-from affluent.core.runtime import PipelineTask
+from affluent.core.runtime import PipelineTask, Runtime
 from affluent.core.sqlite_log import SQLiteLog
 from affluent.core.windows import HoppingWindow, SessionWindow, TumblingWindow, Window
 from affluent.testing import read_topic
@@ -509,7 +509,7 @@ def test_a_crash_before_the_commit_redoes_the_work_exactly_once(log: SQLiteLog) 
     assert results(log) == results(straight)
 
 
-def test_finish_closes_every_open_window_once(log: SQLiteLog) -> None:
+def test_run_to_end_closes_every_open_window_once(log: SQLiteLog) -> None:
     def build() -> Pipeline:
         p = Pipeline("p")
         s = p.topic("in")
@@ -520,15 +520,25 @@ def test_finish_closes_every_open_window_once(log: SQLiteLog) -> None:
     feed(log, "in", [("a", 1), ("b", 12), ("a", 14)])
     task = make_task(build(), log)
     drain(task)
-    assert results(log) == [("a", 0, 10, 1)]
-    task.finish()  # the input is bounded and has ended
     task.close()
+    assert results(log) == [("a", 0, 10, 1)]  # an unbounded input: the last windows stay open
+    Runtime(log, metrics=Metrics()).add(build()).run_to_end(timeout_s=30)  # the input is bounded and has ended
     assert results(log) == [("a", 0, 10, 1), ("a", 10, 20, 1), ("b", 10, 20, 1)]
     assert results(log, "sessions") == [("a", 1, 6, 1), ("a", 14, 19, 1), ("b", 12, 17, 1)]
-    again = make_task(build(), log)  # a restart emits nothing twice
-    drain(again)
-    again.close()
+    Runtime(log, metrics=Metrics()).add(build()).run_to_end(timeout_s=30)  # a restart emits nothing twice
     assert len(read_topic(log, "out")) == 3 and len(read_topic(log, "sessions")) == 3
+
+
+def test_run_to_end_closes_upstream_windows_before_the_pipelines_reading_them(log: SQLiteLog) -> None:
+    """A pipeline reading another's window results sees the last of them before its own windows close."""
+    totals = Pipeline("totals")  # added first: the runtime still ends "counts" first
+    totals.topic("counts").window(TumblingWindow(100, idle_ms=None), Sum("count"), name="per-100").to_topic("totals")
+    counts = Pipeline("counts")
+    counts.topic("in").window(TumblingWindow(10, idle_ms=None), Count(), name="per-10").to_topic("counts")
+    feed(log, "in", [("a", 1), ("a", 5), ("b", 12), ("a", 14), ("a", 150)])
+    Runtime(log, metrics=Metrics()).add(totals).add(counts).run_to_end(timeout_s=30)
+    got = sorted((r.value["key"], r.value["start_ms"], r.value["sum"]) for r in read_topic(log, "totals"))
+    assert got == [("a", 0, 3), ("a", 100, 1), ("b", 0, 1)]
 
 
 # -- keys -------------------------------------------------------------------------------------------------------------------------------

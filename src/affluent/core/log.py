@@ -17,12 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-import orjson
 
 from affluent.core.errors import ConfigError
 from affluent.core.records import DecodeFailure, Headers, Record, RecordBatch, ValueDecoder, dumps, encode_values
-
-_RAW_ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
 
 DAY_MS = 86_400_000
 VALUE_FORMATS = ("json", "text", "bytes")
@@ -207,28 +204,12 @@ def partition_for(key: str | None, partitions: int, fallback: int = 0) -> int:
 
 
 def serialise_values(topic: str, value_format: str, batch: OutgoingBatch) -> tuple[list[bytes], bool]:
-    """Values as stored bytes, and whether some are not valid JSON (then readers decode one by one)."""
+    """Values as stored bytes, and whether each is known to be one valid JSON value (affluent encoded it)."""
     values = batch.values
     if value_format == "json":
         if not batch.raw:
-            return encode_values(values), False
-        if batch.checked:
-            return list(values), False
-        values = list(values)
-        try:
-            # one parse of the whole array into raw slices: every value must be exactly one slice
-            elements = _RAW_ARRAY.decode(b"".join((b"[", b",".join(values), b"]")))
-            if list(map(len, elements)) == list(map(len, values)):
-                return values, False
-        except msgspec.DecodeError:
-            pass
-        loads = orjson.loads
-        try:
-            for v in values:
-                loads(v)
-            return values, False
-        except orjson.JSONDecodeError:
-            return values, True  # kept as sent: readers dead-letter the bad ones with the reason
+            return encode_values(values), True
+        return values if type(values) is list else list(values), batch.checked
     out: list[bytes] = []
     for v in values:
         if isinstance(v, bytes | bytearray | memoryview):
@@ -237,7 +218,7 @@ def serialise_values(topic: str, value_format: str, batch: OutgoingBatch) -> tup
             out.append(v.encode())
         else:
             raise ConfigError(f"topic {topic!r} holds {value_format} values, not {type(v).__name__}")
-    return out, False
+    return out, True
 
 
 class Membership(ABC):
@@ -426,7 +407,6 @@ def open_log(url: str, **options: Any) -> Log:
 
 def _redecode(batch: RecordBatch, decoder: ValueDecoder) -> RecordBatch:
     """Turn a batch of decoded JSON values into the decoder's types (backends without a typed fast path)."""
-    import msgspec
 
     values: list[Any] = []
     failures = list(batch.failures)

@@ -137,11 +137,11 @@ class Pipeline:
             raise PipelineError(f"topic {name!r} is already read with another schema in pipeline {self.name!r}")
         return Stream(self, node)
 
-    def source(self, source: Source, *, topic: str, config: TopicConfig | None = None, key: Fn | None = None) -> Stream:
-        """Run `source` and append what it fetches to `topic`; returns the stream of that topic."""
+    def source(self, source: Source, *, topic: str, config: TopicConfig | None = None, key: Fn | None = None, schema: Any = None) -> Stream:
+        """Run `source` and append what it fetches to `topic`; returns the stream of that topic (read as `topic` reads it)."""
         self._step_name(source.name, "source")
         self.sources.append(SourceBinding(source, topic, config, key))
-        return self.topic(topic, config=config)
+        return self.topic(topic, config=config, schema=schema)
 
     def table(self, name: str, topic: str, *, key: Fn | None = None, value: Fn | None = None, config: TopicConfig | None = None) -> Table:
         """A lookup table holding the latest value per key of `topic` (the record key by default)."""
@@ -158,6 +158,11 @@ class Pipeline:
         for root in self.inputs.values():
             out.extend(root.walk())
         return out
+
+    @property
+    def reads(self) -> bool:
+        """Whether a step reads the input topics (a pipeline of sources alone only appends)."""
+        return any(root.children for root in self.inputs.values())
 
     def stateful_nodes(self) -> list[Node]:
         return [n for n in self.nodes() if n.stateful]

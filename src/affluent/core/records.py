@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import orjson
 
 from affluent.core.errors import LogCorruptError
@@ -163,30 +164,53 @@ def encode_batch(
     keys: Sequence[str | None] | None = None,
     headers: Sequence[Headers | None] | None = None,
     *,
-    split: bool = False,
+    checked: bool = True,
 ) -> bytes:
     """Pack already-serialised values with their keys, times and headers into one blob.
 
-    split: the values are not all valid JSON, so readers must decode them one by one.
+    checked: affluent encoded the values, so each is one valid JSON value. Values from outside (raw
+    lines, produced bytes) are checked here, on the very bytes stored; when one is not valid JSON the
+    batch is marked split and readers decode value by value, dead-lettering only the bad ones.
     """
     count = len(raw_values)
     if len(timestamps) != count:
         raise ValueError("timestamps and values differ in length")
-    flags = FLAG_SPLIT if split else 0
+    lengths = array("I", map(len, raw_values))
+    section = b"".join((b"[", b",".join(raw_values), b"]"))
+    flags = 0 if checked or _each_one_value(section, raw_values, lengths) else FLAG_SPLIT
     keys_blob = b""
-    if keys is not None and any(k is not None for k in keys):
+    if keys is not None and list(keys).count(None) != count:
         flags |= FLAG_KEYS
         keys_blob = orjson.dumps(list(keys))
     headers_blob = b""
-    if headers is not None and any(h for h in headers):
+    if headers is not None and any(headers):
         flags |= FLAG_HEADERS
         headers_blob = orjson.dumps(list(headers))
-    times = array("q", timestamps)
-    lengths = array("I", map(len, raw_values))
-    body = b"".join((times.tobytes(), lengths.tobytes(), keys_blob, headers_blob, b"[", b",".join(raw_values), b"]"))
+    times = array("q", timestamps).tobytes()
     head = _HEADER.pack(MAGIC, flags, count, 0, len(keys_blob), len(headers_blob))
-    crc = zlib.crc32(body, zlib.crc32(head[16:], zlib.crc32(head[:12])))
-    return head[:12] + struct.pack("<I", crc) + head[16:] + body
+    crc = zlib.crc32(head[:12])
+    for part in (head[16:], times, lengths, keys_blob, headers_blob, section):
+        crc = zlib.crc32(part, crc)
+    return b"".join((head[:12], struct.pack("<I", crc), head[16:], times, lengths, keys_blob, headers_blob, section))
+
+
+_RAW_ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def _each_one_value(section: bytes, raw_values: Sequence[bytes], lengths: array[int]) -> bool:
+    """Whether every value is exactly one valid JSON value: the array parses into slices of their lengths."""
+    try:
+        if array("I", map(len, _RAW_ARRAY.decode(section))) == lengths:
+            return True
+    except msgspec.DecodeError:
+        pass
+    loads = orjson.loads  # values with surrounding whitespace: the slices are shorter, each may still be valid
+    try:
+        for v in raw_values:
+            loads(v)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def batch_count(blob: bytes) -> int:

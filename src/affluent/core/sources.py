@@ -20,12 +20,17 @@ class SourcePoll:
     """What one poll produced.
 
     records: new records (event time in `timestamp_ms`; 0 means "now").
+    raw: values already serialised as JSON (bytes), appended as they are, keyless and timed "now":
+        the fast path of a source that reads text, with no Python object per record. The log checks
+        that each is one JSON value; one that is not reaches the pipeline's dead-letter topic with its
+        reason, when it is read.
     wait_s: how long to wait before the next poll (a feed's ttl, a simulator's period).
     position: JSON-able resume point saved with the records, handed back to `open` after a restart.
     done: the source has nothing more to give (a replay that reached its end).
     """
 
     records: list[Record] = field(default_factory=list)
+    raw: list[bytes] | None = None
     wait_s: float = 0.0
     position: Any = None
     done: bool = False

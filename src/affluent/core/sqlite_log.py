@@ -8,8 +8,10 @@ enforce that one pipeline runs in one process at a time.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
+import logging
 import os
 import socket
 import sqlite3
@@ -50,11 +52,19 @@ from affluent.core.log import (
 )
 from affluent.core.records import Record, RecordBatch, ValueDecoder, decode_batch, decode_chunks, encode_batch
 
+log = logging.getLogger("affluent.log")
+
 SCHEMA_VERSION = "1"
 MAX_BATCH_RECORDS = 8192
 MAX_BATCH_BYTES = 1 << 20
 #: a worker whose heartbeat is older than this is not listed among a group's live workers
 MEMBER_SESSION_MS = 10_000
+#: after this many bytes appended, a background thread copies the write-ahead log into the log file
+WAL_CHECKPOINT_BYTES = 64 << 20
+#: a write-ahead log larger than this is checkpointed by the appending thread itself
+WAL_MAX_BYTES = 512 << 20
+#: the write-ahead log's size is looked at every this many writes too
+CHECK_EVERY = 100
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -107,6 +117,9 @@ class SQLiteLog(Log):
         self._local = threading.local()
         self._topics: dict[str, tuple[int, TopicConfig]] = {}
         self._topics_lock = threading.Lock()
+        self._checkpointer = _Checkpointer(self.path)
+        self._appended = 0  # bytes appended since the write-ahead log's size was last looked at
+        self._writes = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._errors("opening"):
             conn = self._conn()
@@ -133,6 +146,9 @@ class SQLiteLog(Log):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA mmap_size=0")  # a mapped log counts in RSS as it grows; reads go through the page cache
+            # the write-ahead log is copied into the file in the background (_Checkpointer), not inside a commit
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_BYTES}")
             self._local.conn = conn
         return conn
 
@@ -168,12 +184,14 @@ class SQLiteLog(Log):
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
+        self._after_write(conn)
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
+        self._checkpointer.stop()
 
     # -- topics -------------------------------------------------------------------------------------
     def _topic(self, name: str, conn: sqlite3.Connection | None = None, *, refresh: bool = False) -> tuple[int, TopicConfig]:
@@ -260,7 +278,7 @@ class SQLiteLog(Log):
         topic_id, config = self._topic(topic, conn)
         if conn.execute("SELECT 1 FROM partitions WHERE topic_id=? LIMIT 1", (topic_id,)).fetchone() is None:
             topic_id, config = self._topic(topic, conn, refresh=True)  # deleted, maybe recreated, by another client
-        raw, split = serialise_values(topic, config.value_format, batch)
+        raw, checked = serialise_values(topic, config.value_format, batch)
         groups: dict[int, Sequence[int]]
         if config.partitions == 1 or partition is not None:
             p = partition or 0
@@ -286,7 +304,7 @@ class SQLiteLog(Log):
             hdrs = batch.headers if (whole or batch.headers is None) else [batch.headers[i] for i in idx]
             rows = []
             for start, stop in _chunks(vals):
-                blob = encode_batch(vals[start:stop], times[start:stop], keys[start:stop], hdrs[start:stop] if hdrs else None, split=split)
+                blob = encode_batch(vals[start:stop], times[start:stop], keys[start:stop], hdrs[start:stop] if hdrs else None, checked=checked)
                 ts = times[start:stop]
                 rows.append((topic_id, p, offset, stop - start, min(ts), max(ts), now, len(blob), blob))
                 offset += stop - start
@@ -296,7 +314,27 @@ class SQLiteLog(Log):
             )
             conn.execute("UPDATE partitions SET end_offset=? WHERE topic_id=? AND partition=?", (offset, topic_id, p))
             result[p] = (first, offset - first)
+            self._appended += sum(r[7] for r in rows)
         return result
+
+    def _after_write(self, conn: sqlite3.Connection) -> None:
+        """Keep the write-ahead log short. Past WAL_CHECKPOINT_BYTES appended (or every CHECK_EVERY
+        writes, for state and deletes), a large log is copied into the file by a background thread.
+        While appends come without a pause none of them can complete, so past WAL_MAX_BYTES this thread
+        waits for one: the next write then starts the write-ahead log over."""
+        self._writes += 1
+        if self._appended < WAL_CHECKPOINT_BYTES and self._writes % CHECK_EVERY:
+            return
+        self._appended = 0
+        try:
+            size = os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return
+        if size >= WAL_CHECKPOINT_BYTES:
+            self._checkpointer.request()
+        if size > WAL_MAX_BYTES:
+            with contextlib.suppress(sqlite3.Error):  # a full disk: the write-ahead log keeps it all
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def read(self, topic: str, partition: int, offset: int, *, max_records: int = 10_000) -> list[RecordBatch]:
         conn = self._conn()
@@ -608,14 +646,62 @@ class _SQLiteMembership(Membership):
         self.owned = set()
 
 
-def _chunks(values: Sequence[bytes]) -> Iterator[tuple[int, int]]:
+class _Checkpointer:
+    """Copies the write-ahead log into the log file in a thread of its own (SQLite's PASSIVE checkpoint:
+    it waits for no reader or writer), so that appends go on meanwhile. Other processes' connections
+    do the same for what they append; the last connection to close checkpoints what is left."""
+
+    IDLE_S = 5.0
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._wanted = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    def request(self) -> None:
+        self._wanted.set()
+        with self._lock:
+            self._stopping = False
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="log-checkpoint", daemon=True)
+                self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+        self._wanted.set()
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            while True:
+                self._wanted.wait(self.IDLE_S)
+                with self._lock:
+                    if self._stopping or not self._wanted.is_set():
+                        self._thread = None
+                        return
+                    self._wanted.clear()
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:  # a full disk: the write-ahead log keeps it all, and the next one retries
+                    log.debug("background checkpoint of %s: %s", self.path, exc)
+        finally:
+            conn.close()
+
+
+def _chunks(values: Sequence[bytes]) -> list[tuple[int, int]]:
     """Split into runs of at most MAX_BATCH_RECORDS records and about MAX_BATCH_BYTES bytes."""
+    n = len(values)
+    ends = list(itertools.accumulate(map(len, values)))  # ends[i]: bytes of values[0..i]
+    out = []
     start = 0
-    size = 0
-    for i, v in enumerate(values):
-        size += len(v)
-        if i - start + 1 >= MAX_BATCH_RECORDS or size >= MAX_BATCH_BYTES:
-            yield start, i + 1
-            start, size = i + 1, 0
-    if start < len(values):
-        yield start, len(values)
+    while start < n:
+        stop = min(start + MAX_BATCH_RECORDS, n)
+        # the run ends with the value that brings it to MAX_BATCH_BYTES
+        full = bisect.bisect_left(ends, (ends[start - 1] if start else 0) + MAX_BATCH_BYTES, start, stop)
+        stop = min(stop, full + 1)
+        out.append((start, stop))
+        start = stop
+    return out

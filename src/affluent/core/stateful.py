@@ -308,12 +308,21 @@ class WindowOp(Node):
                 pass
 
     def close_all(self, ctx: TaskContext) -> None:
-        """End of a bounded input: the watermark jumps to the end of time and every window closes."""
+        """End of a bounded input: every open window closes.
+
+        The watermark then stands where the last of them would have closed: should the input grow
+        after all (a file appended to), a record for a closed window is late, never a second result
+        for it, and later records open new windows.
+        """
         for p, part in self.parts.items():
-            part.wm = MAX_TIME
-            part.wm_dirty = True
-            with ctx.at_partition(p):
-                self._close(part, ctx)
+            closed = list(self._due(part, MAX_TIME))
+            if self.emit_mode == "close":
+                with ctx.at_partition(p):
+                    self._emit_windows(closed, ctx)
+            last_close = max((end for _, _, end, _ in closed), default=MIN_TIME) + self.window.grace_ms
+            if last_close > part.wm:
+                part.wm = last_close
+                part.wm_dirty = True
 
     def tick(self, ctx: TaskContext, now_wall_ms: int) -> None:
         """Advance idle partitions' watermarks with the wall clock and close what is due."""

@@ -199,7 +199,7 @@ def simulate_command(
     stores: StoresOpt = None,
 ) -> None:
     """Generate a simulated period as fast as possible through the stock pipelines (log, alerts, restock, lake), then stop."""
-    from affluent.apps.stock.pipeline import pipelines, run_until_drained
+    from affluent.apps.stock.pipeline import pipelines, run_to_end
     from affluent.cli.common import console, open_configured_log
 
     s = _settings(seed=seed, period_s=period_s, stores=stores, speed=math.inf, start=start, end=end, source="simulator")
@@ -208,7 +208,7 @@ def simulate_command(
     try:
         made = pipelines(s, offline=True)
         log = open_configured_log(s)
-        counts = run_until_drained(made, log)
+        counts = run_to_end(made, log)
     except AffluentError as exc:
         _fail(exc)
         return

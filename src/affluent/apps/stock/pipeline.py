@@ -231,7 +231,7 @@ def pipelines(settings: Settings, *, offline: bool) -> list[Pipeline]:
     )
 
 
-def run_until_drained(pipes: list[Pipeline], log_: Log, *, timeout_s: float | None = None, metrics: Metrics | None = None) -> dict[str, int]:
+def run_to_end(pipes: list[Pipeline], log_: Log, *, timeout_s: float | None = None, metrics: Metrics | None = None) -> dict[str, int]:
     """Run `pipes` until every source is done and every pipeline has read all of its input, then stop.
 
     Stopping commits what was read (the lake included). Returns the record count of each stock topic.
@@ -240,7 +240,7 @@ def run_until_drained(pipes: list[Pipeline], log_: Log, *, timeout_s: float | No
     rt = Runtime(log_, metrics=metrics or Metrics())
     for p in pipes:
         rt.add(p)
-    rt.run_until_drained(timeout_s=timeout_s)
+    rt.run_to_end(timeout_s=timeout_s)
     counts = {}
     for topic in (READINGS, ALERTS, RESTOCK, "stock.dlq"):
         counts[topic] = log_.describe_topic(topic).records if log_.topic_exists(topic) else 0
