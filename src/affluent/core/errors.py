@@ -9,6 +9,7 @@
     │       └── LogFullError
     └── TerminalError               retrying will not help (bad config, schema mismatch, corruption)
         ├── ConfigError
+        ├── SourceProcessError      a source in a process of its own stopped on a terminal error
         ├── MissingDependencyError
         ├── LogError
         │   ├── UnknownTopicError
@@ -67,6 +68,10 @@ class LogFullError(LogUnavailableError):
 
 class ConfigError(TerminalError):
     """Invalid configuration."""
+
+
+class SourceProcessError(TerminalError):
+    """A source running in a process of its own stopped on a terminal error (the message says which)."""
 
 
 class MissingDependencyError(TerminalError):

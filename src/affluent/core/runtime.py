@@ -37,6 +37,7 @@ from affluent.core.metrics import METRICS, Metrics
 from affluent.core.operators import Batch, key_str
 from affluent.core.pipeline import Pipeline, SourceBinding
 from affluent.core.records import Record, RecordBatch, decode_values, dumps, encode_values
+from affluent.core.source_process import ProcessSourceTask, can_run_apart
 from affluent.core.sources import SourcePoll
 from affluent.core.stateful import Table
 
@@ -861,7 +862,7 @@ class Runtime:
         self.metrics = metrics or METRICS
         self.pipelines: list[Pipeline] = []
         self.tasks: list[PipelineTask] = []
-        self.source_tasks: list[SourceTask] = []
+        self.source_tasks: list[SourceTask | ProcessSourceTask] = []
         self.stop_event = threading.Event()
         #: set first when stopping: sources end before their pipelines release the leases they append under
         self.sources_stop = threading.Event()
@@ -918,9 +919,19 @@ class Runtime:
     def _start_sources(self, p: Pipeline, lease: str, owner: str) -> None:
         for b in p.sources:
             ahead = None if b.source.simulated_clock else p.max_event_ahead_ms
-            st = SourceTask(b, self.log, metrics=self.metrics, dlq_topic=p.dlq_topic, lease=(lease, owner), max_event_ahead_ms=ahead, pipeline=p.name)
+            kind = ProcessSourceTask if self._own_process(b) else SourceTask
+            st = kind(b, self.log, metrics=self.metrics, dlq_topic=p.dlq_topic, lease=(lease, owner), max_event_ahead_ms=ahead, pipeline=p.name)
             self.source_tasks.append(st)
             self._source_threads.append(self._spawn(f"source-{b.source.name}", self._yielding(p, lease, st.run), self.sources_stop))
+
+    def _own_process(self, b: SourceBinding) -> bool:
+        """Whether `b` runs in a process of its own: its source asks for one, and it can be sent there."""
+        if not b.source.own_process or self.worker is not None:
+            return False
+        reason = can_run_apart(b)
+        if reason is not None:
+            log.info("source %s runs in a thread, not a process of its own: %s", b.source.name, reason)
+        return reason is None
 
     def _yielding(self, p: Pipeline, lease: str, run: Callable[[threading.Event], None]) -> Callable[[threading.Event], None]:
         """As a worker, a task run under a lease that another worker took (two claimed a dead
@@ -1062,7 +1073,7 @@ class Runtime:
             }
         return out
 
-    def _source_status(self, st: SourceTask, now: float) -> dict[str, Any]:
+    def _source_status(self, st: SourceTask | ProcessSourceTask, now: float) -> dict[str, Any]:
         src = st.binding.source
         return {
             "name": src.name,

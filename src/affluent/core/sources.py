@@ -47,6 +47,9 @@ class Source(ABC):
     #: True when event times follow a clock of the source's own that may run ahead of the wall clock
     #: (a replay faster than recorded): the pipeline's bound on event times ahead of now does not apply.
     simulated_clock: bool = False
+    #: run in a process of its own (it must pickle): a heavy reader then uses another core than the
+    #: pipelines, instead of taking turns with them at Python's one interpreter lock
+    own_process: bool = False
 
     def open(self, position: Any | None) -> None:  # noqa: B027 - optional hook
         """Prepare to poll, resuming from `position` (None on a first start)."""

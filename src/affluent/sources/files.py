@@ -18,10 +18,13 @@ class JsonLinesSource(Source):
     when it is read, and the others go on. Empty lines are skipped. Records are keyless (a `key`
     given to `Pipeline.source` parses them to key them) and timed when appended; a pipeline takes
     event time from a field with `with_timestamp`. A restart resumes after the last line appended.
-    The source is done at the end of the file: run it with `Runtime.run_to_end`.
+    The source is done at the end of the file: run it with `Runtime.run_to_end`. It runs in a process
+    of its own (`Source.own_process`), unless a key function that cannot be pickled keeps it in a thread.
     """
 
     mode = "file"
+    #: parsing and appending a big file is CPU work: it runs beside the pipelines, on another core
+    own_process = True
 
     def __init__(self, path: str | os.PathLike[str], *, name: str | None = None, chunk_bytes: int = 4 << 20) -> None:
         self.path = Path(path)
