@@ -15,9 +15,11 @@ from affluent.core.source_process import ProcessSourceTask
 from affluent.testing import read_topic
 
 
-def build(path: Path, *, chunk_bytes: int = 1 << 20, key: bool = False) -> Pipeline:
+def build(path: Path, *, chunk_bytes: int = 1 << 20, key: bool = False, own_process: bool = False) -> Pipeline:
     p = Pipeline("f")
     src = JsonLinesSource(path, chunk_bytes=chunk_bytes)
+    if own_process:
+        src.PROCESS_BYTES = 0  # a small file, read in a process of its own all the same
     s = p.source(src, topic="events", key=(lambda v: v["k"]) if key else None)
     s.with_timestamp(col("t"), name="time").key_by(col("k"), name="k").window(TumblingWindow(10, idle_ms=None), Count(), name="w").to_topic("counts")
     return p
@@ -79,7 +81,7 @@ def test_a_killed_source_process_is_started_again_and_nothing_is_lost_or_doubled
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"".join(orjson.dumps({"k": f"k{i % 7}", "t": i}) + b"\n" for i in range(n)))
     log = SQLiteLog(tmp_path / "log.db")
-    rt = Runtime(log, metrics=Metrics()).add(build(path, chunk_bytes=4096))
+    rt = Runtime(log, metrics=Metrics()).add(build(path, chunk_bytes=4096, own_process=True))
     rt.start()
     st = rt.source_tasks[0]
     assert isinstance(st, ProcessSourceTask)

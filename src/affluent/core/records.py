@@ -179,7 +179,7 @@ def encode_batch(
     section = b"".join((b"[", b",".join(raw_values), b"]"))
     flags = 0 if checked or _each_one_value(section, raw_values, lengths) else FLAG_SPLIT
     keys_blob = b""
-    if keys is not None and list(keys).count(None) != count:
+    if keys is not None and (keys if type(keys) is list else list(keys)).count(None) != count:
         flags |= FLAG_KEYS
         keys_blob = orjson.dumps(list(keys))
     headers_blob = b""

@@ -219,6 +219,7 @@ class PipelineTask:
         self._uncommitted = 0
         #: set by `Runtime.run_to_end` once the input has ended: the task's thread then calls `finish`
         self.end_requested = False
+        self._wake = threading.Event()  # set to end a wait between polls early
         self.ended = False
 
     # -- lifecycle ------------------------------------------------------------------------------------------
@@ -481,6 +482,15 @@ class PipelineTask:
                 return False
         return True
 
+    def request_stop(self) -> None:
+        """Wake the task's thread, waiting between polls, to see that it is asked to stop."""
+        self._wake.set()
+
+    def request_end(self) -> None:
+        """The input has ended: the task's thread calls `finish` once it has read everything."""
+        self.end_requested = True
+        self._wake.set()
+
     def finish(self) -> None:
         """Treat the input as ended: close every open window, then commit."""
         for node in self.pipeline.stateful_nodes():
@@ -582,7 +592,8 @@ class PipelineTask:
                 if self.end_requested and not self.ended and n == 0:
                     self.finish()
                 if n == 0:
-                    stop.wait(p.poll_interval_ms / 1000)
+                    self._wake.wait(p.poll_interval_ms / 1000)
+                    self._wake.clear()
             if stop.is_set():
                 self._drain()
         except FencedError as exc:
@@ -1113,6 +1124,8 @@ class Runtime:
         for t in self._source_threads:
             t.join(timeout_s)
         self.stop_event.set()
+        for running in self.tasks:
+            running.request_stop()
         for t in self.threads:
             t.join(timeout_s)
         if self._heartbeat is not None:
@@ -1185,7 +1198,7 @@ class Runtime:
         try:
             self._wait(self.drained, deadline)
             for task in self._upstream_first():
-                task.end_requested = True
+                task.request_end()
                 self._wait(lambda t=task: t.ended and self.drained(), deadline)  # type: ignore[misc]
         finally:
             self.stop()

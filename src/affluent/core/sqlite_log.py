@@ -16,6 +16,7 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,9 @@ MEMBER_SESSION_MS = 10_000
 #: after this many bytes appended, a background thread copies the write-ahead log into the log file
 WAL_CHECKPOINT_BYTES = 64 << 20
 #: a write-ahead log larger than this is checkpointed by the appending thread itself
-WAL_MAX_BYTES = 512 << 20
+WAL_MAX_BYTES = 1 << 30
+#: past this size the background copy no longer waits for appends to pause
+WAL_BURST_BYTES = 512 << 20
 #: the write-ahead log's size is looked at every this many writes too
 CHECK_EVERY = 100
 
@@ -304,8 +307,8 @@ class SQLiteLog(Log):
             hdrs = batch.headers if (whole or batch.headers is None) else [batch.headers[i] for i in idx]
             rows = []
             for start, stop in _chunks(vals):
-                blob = encode_batch(vals[start:stop], times[start:stop], keys[start:stop], hdrs[start:stop] if hdrs else None, checked=checked)
                 ts = times[start:stop]
+                blob = encode_batch(vals[start:stop], ts, keys[start:stop], hdrs[start:stop] if hdrs else None, checked=checked)
                 rows.append((topic_id, p, offset, stop - start, min(ts), max(ts), now, len(blob), blob))
                 offset += stop - start
             conn.executemany(
@@ -649,9 +652,15 @@ class _SQLiteMembership(Membership):
 class _Checkpointer:
     """Copies the write-ahead log into the log file in a thread of its own (SQLite's PASSIVE checkpoint:
     it waits for no reader or writer), so that appends go on meanwhile. Other processes' connections
-    do the same for what they append; the last connection to close checkpoints what is left."""
+    do the same for what they append; the last connection to close checkpoints what is left.
+
+    During a burst of appends the copy waits for them to pause (or for the write-ahead log to reach
+    WAL_BURST_BYTES): run beside them, it would take the disk and the other core from them.
+    """
 
     IDLE_S = 5.0
+    #: appends are taken to have paused when the write-ahead log was not written for this long
+    PAUSE_S = 0.25
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -683,12 +692,25 @@ class _Checkpointer:
                         self._thread = None
                         return
                     self._wanted.clear()
+                self._await_pause()
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except sqlite3.Error as exc:  # a full disk: the write-ahead log keeps it all, and the next one retries
                     log.debug("background checkpoint of %s: %s", self.path, exc)
         finally:
             conn.close()
+
+    def _await_pause(self) -> None:
+        last = None
+        while not self._stopping:
+            try:
+                st = os.stat(f"{self.path}-wal")
+            except OSError:
+                return
+            if st.st_mtime_ns == last or st.st_size >= WAL_BURST_BYTES:
+                return
+            last = st.st_mtime_ns
+            time.sleep(self.PAUSE_S)
 
 
 def _chunks(values: Sequence[bytes]) -> list[tuple[int, int]]:
