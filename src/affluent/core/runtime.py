@@ -219,6 +219,8 @@ class PipelineTask:
         self._uncommitted = 0
         #: set by `Runtime.run_to_end` once the input has ended: the task's thread then calls `finish`
         self.end_requested = False
+        #: set by `Runtime.run_to_end`: the input is bounded, so the task commits as soon as it has read all of it
+        self.bounded = False
         self._wake = threading.Event()  # set to end a wait between polls early
         self.ended = False
 
@@ -567,8 +569,12 @@ class PipelineTask:
                         reload, self.error = False, None
                     self.sync()
                     n = self.poll_once()
-                    if now_ms() - self.last_commit_wall >= p.commit_interval_ms:
+                    if n == 0 and self.end_requested and not self.ended:
+                        self.finish()
+                    elif now_ms() - self.last_commit_wall >= p.commit_interval_ms:
                         self.commit()
+                    elif n == 0 and self.bounded:
+                        self.commit(force=True)  # all read: what it made is committed now, not at the next interval
                     backoff = 0.1
                 except FencedError as exc:
                     if self.membership is None:
@@ -589,8 +595,6 @@ class PipelineTask:
                     continue
                 if until is not None and until(self):
                     break
-                if self.end_requested and not self.ended and n == 0:
-                    self.finish()
                 if n == 0:
                     self._wake.wait(p.poll_interval_ms / 1000)
                     self._wake.clear()
@@ -1194,6 +1198,8 @@ class Runtime:
         source's terminal error included), and TimeoutError naming the status when `timeout_s` passes first.
         """
         self.start()
+        for task in self.tasks:
+            task.bounded = True
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
             self._wait(self.drained, deadline)
