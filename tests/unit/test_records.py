@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import msgspec
 import orjson
 import pytest
 
@@ -20,8 +21,10 @@ from affluent.core.records import (
     DecodeFailure,
     Record,
     RecordBatch,
+    ValueDecoder,
     batch_count,
     decode_batch,
+    decode_values,
     encode_batch,
     encode_values,
     raw_values,
@@ -117,6 +120,20 @@ def test_values_not_known_to_be_json_are_decoded_one_by_one() -> None:
     b = _decode(encode_batch([b"1,2", b"[3", b"4]"], [1, 2, 3], checked=False))
     assert [f.index for f in b.failures] == [0, 1, 2]
     assert [r.value for r in b.records()] == [None, None, None]
+
+
+def test_values_stored_one_per_record_are_decoded_each_on_its_own() -> None:
+    """A backend keeping a record per value (Kafka): values that would re-pair into a valid array fail alone."""
+    values, failures = decode_values([b'{"a": 1}', b"1,2", b"[3", b"4]", b'"x"'])
+    assert values == [{"a": 1}, None, None, None, "x"]
+    assert [f.index for f in failures] == [1, 2, 3] and all("invalid JSON" in f.error for f in failures)
+
+    class Point(msgspec.Struct):
+        x: int
+
+    typed, bad = decode_values([b'{"x": 1}', b'{"x": "no"}', b'{"x": 3, "y": 0}'], decoder=ValueDecoder(Point))
+    assert typed == [Point(1), None, Point(3)]
+    assert [f.index for f in bad] == [1] and "does not match the schema" in bad[0].error
 
 
 def test_text_and_bytes_formats() -> None:

@@ -362,10 +362,13 @@ def _split(values_blob: memoryview | bytes, lengths: array[int]) -> list[bytes]:
 def _decode_each(
     values_blob: memoryview | bytes, lengths: array[int], decode_one: Callable[[bytes], Any] | None = None
 ) -> tuple[list[Any], list[DecodeFailure]]:
+    return _decode_each_of(_split(values_blob, lengths), decode_one or orjson.loads)
+
+
+def _decode_each_of(raws: Iterable[bytes], loads: Callable[[bytes], Any]) -> tuple[list[Any], list[DecodeFailure]]:
     values: list[Any] = []
     failures: list[DecodeFailure] = []
-    loads = decode_one or orjson.loads
-    for i, raw in enumerate(_split(values_blob, lengths)):
+    for i, raw in enumerate(raws):
         try:
             values.append(loads(raw))
         except ValueError as exc:
@@ -396,4 +399,8 @@ def decode_values(raw: Sequence[bytes], value_format: str = "json", decoder: Val
         return list(raw), []
     if value_format == "text":
         return [v.decode("utf-8", "replace") for v in raw], []
-    return _decode_section(b"".join((b"[", b",".join(raw), b"]")), array("I", map(len, raw)), decoder, False)
+    loads = decoder.decode_one if decoder is not None else orjson.loads
+    try:  # each value on its own: one that is not valid JSON alone cannot pair with another
+        return list(map(loads, raw)), []
+    except ValueError:
+        return _decode_each_of(raw, loads)
