@@ -18,7 +18,7 @@ import struct
 import subprocess
 import sys
 import threading
-from typing import IO
+from typing import IO, Any
 
 import orjson
 
@@ -49,24 +49,14 @@ class ProcessSourceTask:
     thread's. A child that dies (killed, out of memory) is started again with backoff, from the last
     committed position; a terminal error in the child ends this task."""
 
-    def __init__(
-        self,
-        binding: SourceBinding,
-        log_: Log,
-        *,
-        metrics: Metrics | None = None,
-        max_backoff_s: float = 30.0,
-        dlq_topic: str | None = None,
-        lease: tuple[str, str] | None = None,
-        max_event_ahead_ms: int | None = None,
-        pipeline: str | None = None,
-    ) -> None:
+    def __init__(self, binding: SourceBinding, log_: Log, *, metrics: Metrics | None = None, **options: Any) -> None:
+        """options: `SourceTask`'s own (lease, dead-letter topic, pipeline...), handed to it in the child."""
         self.binding = binding
         self.log_url = log_.url
-        self.options = {"dlq_topic": dlq_topic, "lease": lease, "max_event_ahead_ms": max_event_ahead_ms, "pipeline": pipeline, "max_backoff_s": max_backoff_s}
-        self.pipeline = pipeline
+        self.options = options
+        self.pipeline: str | None = options.get("pipeline")
+        self.max_backoff_s: float = options.get("max_backoff_s", 30.0)
         self.metrics = metrics or METRICS
-        self.max_backoff_s = max_backoff_s
         self.status = "created"
         self.error: str | None = None
         self.records_out = 0
