@@ -113,6 +113,43 @@ class JobsSettings(BaseModel):
     lake_commit_s: float = 30.0
 
 
+class CryptoSettings(BaseModel):
+    #: the markets' APIs: a mirror or a test server may stand in
+    coingecko_url: str = "https://api.coingecko.com/api/v3"
+    binance_ws_url: str = "wss://stream.binance.com:9443"
+    binance_rest_url: str = "https://api.binance.com"
+    #: the top N coins by market cap, priced in this currency, polled every interval_s
+    top: Annotated[int, Field(ge=1, le=1000)] = 100
+    vs_currency: str = "usd"
+    interval_s: Annotated[float, Field(ge=5)] = 30.0
+    #: the 7-day hourly sparkline (the forecasts' input) is asked for this often
+    sparkline_every_s: Annotated[float, Field(ge=60)] = 3600.0
+    #: the pairs whose trades are followed (default: ten of the largest USDT pairs)
+    symbols: list[str] = Field(
+        default_factory=lambda: ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "DOGEUSDT", "ADAUSDT", "TRXUSDT", "AVAXUSDT", "LINKUSDT"]
+    )
+    #: a trade this late after its minute still updates its candle; later, it is counted and set aside
+    grace_s: Annotated[float, Field(ge=0)] = 10.0
+    #: an anomaly: a 1-minute return this many standard deviations from the symbol's recent ones
+    anomaly_z: Annotated[float, Field(gt=0)] = 4.0
+    #: returns the model learns before it may alert, and the span (minutes) of its moving mean and variance
+    anomaly_warmup: Annotated[int, Field(ge=2)] = 30
+    anomaly_span: Annotated[int, Field(ge=2)] = 60
+    timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    #: at startup, how long to wait for each API before replaying the bundled recording instead
+    probe_timeout_s: float = 3.0
+    fallback_to_recording: bool = True
+    #: pace of the recording when replayed: 1 = real pace, N = N times faster
+    replay_speed: float = 1.0
+    #: days of candles, alerts and forecasts the serving store keeps (the lake keeps the market snapshots)
+    serving_days: float = 7.0
+    #: the lake pipeline commits (writes Parquet files) this often
+    lake_commit_s: float = 30.0
+    #: an Elasticsearch URL (http://user:password@host:9200) to index the market snapshots into too (extra `elasticsearch`)
+    elasticsearch_url: SecretStr | None = None
+    elasticsearch_index: str = "crypto-markets"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AFFLUENT__",
@@ -134,9 +171,14 @@ class Settings(BaseSettings):
     bikes: BikesSettings = Field(default_factory=BikesSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     jobs: JobsSettings = Field(default_factory=JobsSettings)
+    crypto: CryptoSettings = Field(default_factory=CryptoSettings)
     #: France Travail API credentials (francetravail.io, an application with access to "Offres d'emploi v2")
     france_travail_client_id: str | None = Field(None, validation_alias=AliasChoices("france_travail_client_id", "FRANCE_TRAVAIL_CLIENT_ID"))
     france_travail_client_secret: SecretStr | None = Field(None, validation_alias=AliasChoices("france_travail_client_secret", "FRANCE_TRAVAIL_CLIENT_SECRET"))
+
+    #: optional API keys: a CoinGecko Demo or Pro key, a Binance key (neither is needed)
+    coingecko_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("coingecko_api_key", "COINGECKO_API_KEY"))
+    binance_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("binance_api_key", "BINANCE_API_KEY"))
 
     @property
     def max_event_ahead_ms(self) -> int:

@@ -27,10 +27,19 @@ from affluent.core.sqlite_log import SQLiteLog
 pytestmark = pytest.mark.slow
 
 XSS = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
-PAGES = {"home": "", "bikes": "bikes", "stock": "stock", "jobs": "jobs", "api": "docs"}
-READY = {"home": ".app-card", "bikes": "path.station", "stock": "#answers-note", "jobs": "path[data-code]", "api": ".swagger-ui .info"}
+PAGES = {"home": "", "bikes": "bikes", "stock": "stock", "jobs": "jobs", "crypto": "crypto", "api": "docs"}
+READY = {
+    "home": ".app-card",
+    "bikes": "path.station",
+    "stock": "#answers-note",
+    "jobs": "path[data-code]",
+    "crypto": "#markets tbody.in-top tr",
+    "api": ".swagger-ui .info",
+}
 #: no France Travail credentials, whatever the environment holds: jobs replays its recording
 NO_CREDENTIALS = {"FRANCE_TRAVAIL_CLIENT_ID": "", "FRANCE_TRAVAIL_CLIENT_SECRET": ""}
+#: crypto's APIs on a loopback port where nothing listens: no network in tests, crypto replays its recordings
+NO_CRYPTO_API = {"AFFLUENT__CRYPTO__COINGECKO_URL": "http://127.0.0.1:9/api/v3", "AFFLUENT__CRYPTO__BINANCE_REST_URL": "http://127.0.0.1:9"}
 
 
 def fixture_stations() -> dict[str, dict[str, Any]]:
@@ -78,13 +87,13 @@ def gbfs() -> Iterator[GBFSServer]:
 @pytest.fixture(scope="module")
 def live_up(tmp_path_factory: pytest.TempPathFactory, gbfs: GBFSServer) -> Iterator[tuple[str, Path]]:
     folder = tmp_path_factory.mktemp("up")
-    app = Affluent(folder, "up", "--quiet", "--port", "0", env={"AFFLUENT__BIKES__FEED": gbfs.url("/velozef_2.2/gbfs.json"), **NO_CREDENTIALS})
+    app = Affluent(folder, "up", "--quiet", "--port", "0", env={"AFFLUENT__BIKES__FEED": gbfs.url("/velozef_2.2/gbfs.json"), **NO_CREDENTIALS, **NO_CRYPTO_API})
     try:
         url = app.wait_for_url()
         wait_json(
             url + "api/apps",
-            lambda apps: {a["app"]: a["state"] for a in apps} == {"bikes": "running", "stock": "simulating", "jobs": "replaying"},
-            what="the three apps",
+            lambda apps: {a["app"]: a["state"] for a in apps} == {"bikes": "running", "stock": "simulating", "jobs": "replaying", "crypto": "replaying"},
+            what="the four apps",
         )
         wait_json(url + "api/bikes/stations", lambda rows: len(rows) == 28, what="28 stations in the serving store")
         yield url, folder
@@ -101,7 +110,7 @@ def offline_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         url = app.wait_for_url()
         wait_json(
             url + "api/apps",
-            lambda apps: {a["app"]: a["state"] for a in apps} == {"bikes": "replaying", "stock": "simulating", "jobs": "replaying"},
+            lambda apps: {a["app"]: a["state"] for a in apps} == {"bikes": "replaying", "stock": "simulating", "jobs": "replaying", "crypto": "replaying"},
             what="offline apps",
         )
         wait_json(url + "api/bikes/stations", lambda rows: len(rows) > 0, what="replayed stations")
@@ -228,7 +237,7 @@ def test_an_appended_record_is_on_screen_within_2_seconds(browser: Any, live_up:
         home.close()
 
 
-@pytest.mark.parametrize("name", ["home", "bikes", "stock", "jobs", "api"])
+@pytest.mark.parametrize("name", ["home", "bikes", "stock", "jobs", "crypto", "api"])
 def test_pages_work_offline_with_the_network_blocked(browser: Any, offline_up: str, name: str) -> None:
     page = Page(browser, block_network=True)
     try:
@@ -257,7 +266,7 @@ def test_a_page_says_when_its_app_is_not_running(browser: Any, tmp_path: Path) -
     page = Page(browser)
     try:
         url = web.wait_for_url()
-        for name in ("bikes", "stock", "jobs"):
+        for name in ("bikes", "stock", "jobs", "crypto"):
             p = page.open(url + name)
             p.wait_for_selector(".notice:not([hidden])", timeout=10_000)
             assert p.inner_text(".notice").startswith(f"{name} is not running: no process runs it")

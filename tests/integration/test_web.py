@@ -48,7 +48,13 @@ def test_web_reads_the_serving_store_another_process_writes(apps_elsewhere: tupl
     apps = wait_json(
         url + "api/apps",
         lambda a: (
-            {x["app"]: (x["state"], x["records"] > 0) for x in a} == {"bikes": ("running", True), "stock": ("simulating", True), "jobs": ("not running", False)}
+            {x["app"]: (x["state"], x["records"] > 0) for x in a}
+            == {
+                "bikes": ("running", True),
+                "stock": ("simulating", True),
+                "jobs": ("not running", False),
+                "crypto": ("not running", False),
+            }
         ),
         what="both apps, with records",
     )

@@ -14,6 +14,7 @@ APPS: dict[str, str] = {
     "stock": "affluent.apps.stock",
     "bikes": "affluent.apps.bikes",
     "jobs": "affluent.apps.jobs",
+    "crypto": "affluent.apps.crypto",
 }
 
 

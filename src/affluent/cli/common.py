@@ -42,7 +42,8 @@ def settings() -> Settings:
         for e in exc.errors():
             name = ".".join(str(p) for p in e["loc"])
             env = "AFFLUENT__" + "__".join(str(p).upper() for p in e["loc"])
-            shown = "" if "secret" in name else f", not {e.get('input')!r}"  # a secret is never printed
+            secret = any(w in name for w in ("secret", "api_key", "elasticsearch_url"))
+            shown = "" if secret else f", not {e.get('input')!r}"  # a secret is never printed
             lines.append(f"setting {name} ({env}): {e['msg']}{shown}")
         fail("\n".join(lines))
 

@@ -40,7 +40,7 @@ log = logging.getLogger("affluent.web")
 
 STATIC = Path(str(resources.files("affluent.web") / "static"))
 #: the page of each app, for the apps this installation has
-BOARDS = {"bikes": "affluent.web.bikes", "stock": "affluent.web.stock", "jobs": "affluent.web.jobs"}
+BOARDS = {"bikes": "affluent.web.bikes", "stock": "affluent.web.stock", "jobs": "affluent.web.jobs", "crypto": "affluent.web.crypto"}
 
 
 def boards() -> list[Board]:
