@@ -268,3 +268,39 @@ def test_record_a_run_and_replay_it_elsewhere(tmp_path: Path) -> None:
     q.source(ReplaySource(tmp_path / "run.jsonl", speed=math.inf), topic="t")
     run_until(q, offline, topic="t", count=7)
     assert [(r.key, r.value, r.timestamp_ms) for r in read_topic(offline, "t")] == [(r.key, r.value, r.timestamp_ms) for r in items]
+
+
+def test_a_big_recording_at_full_speed_is_streamed_in_a_process_of_its_own(recording: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past PROCESS_BYTES at full speed, polls are read one at a time (in the source's own process): the same
+    records, resumes, loops and shifts as a replay held in memory."""
+    import affluent.sources.replay as replay
+
+    def played(src: ReplaySource, position: Any = None, polls: int | None = None) -> list[Any]:
+        src.open(position)
+        return flat(drain(src) if polls is None else [src.poll() for _ in range(polls)])
+
+    held = [played(ReplaySource(recording, speed=math.inf)), played(ReplaySource(recording, speed=math.inf, loop=True, shift_to_now=True), polls=7)]
+    monkeypatch.setattr(replay, "PROCESS_BYTES", 1)
+    src = ReplaySource(recording, speed=math.inf)
+    assert src.own_process and src._polls is None and not ReplaySource(recording, speed=2).own_process
+    assert played(src) == held[0] == EXPECTED
+    looped = played(ReplaySource(recording, speed=math.inf, loop=True, shift_to_now=True), polls=7)
+    assert [(k, v) for k, v, _, _ in looped] == [(k, v) for k, v, _, _ in held[1]]
+
+    def relative(rs: list[Any]) -> list[int]:  # shift_to_now starts each at its own now
+        return [t - rs[0][2] if t else 0 for _, _, t, _ in rs]
+
+    assert relative(looped) == relative(held[1])  # the second loop moved on by the recording's length, as in memory
+    first = ReplaySource(recording, speed=math.inf)
+    first.open(None)
+    saved = orjson.loads(orjson.dumps(first.poll().position))
+    assert played(ReplaySource(recording, speed=math.inf), saved) == EXPECTED[len(flat([_first_poll(recording)])) :]
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(recording.read_bytes()[:-25])
+    assert played(ReplaySource(cut, speed=math.inf)) == EXPECTED[:3]
+
+
+def _first_poll(recording: Path) -> SourcePoll:
+    src = ReplaySource(recording, speed=math.inf)
+    src.open(None)
+    return src.poll()

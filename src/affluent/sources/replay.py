@@ -10,9 +10,11 @@ This is how apps run offline and how tests stay deterministic. A recording is JS
 from __future__ import annotations
 
 import gzip
+import itertools
 import math
 import os
 import shutil
+from collections.abc import Iterator
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -26,6 +28,8 @@ from affluent.core.records import Record
 from affluent.core.sources import Source, SourcePoll
 
 FORMAT_VERSION = 1
+#: a recording at least this big, played as fast as possible, is played in a process of its own
+PROCESS_BYTES = 64 << 20
 
 
 def unpack_recording(packed: Traversable, data_dir: str | os.PathLike[str]) -> Path:
@@ -96,6 +100,10 @@ class ReplaySource(Source):
     speed: 1.0 keeps the original pace, 10 plays ten times faster, math.inf (or 0) as fast as possible.
     shift_to_now: move event times so that the recording's first poll happens now (a replay that looks live).
     loop: start again at the end (each loop shifted by the recording's length when shift_to_now).
+
+    A recording of PROCESS_BYTES or more played as fast as possible runs in a process of its own and
+    is read there one poll at a time, never whole in memory (a broken line is then found when it is
+    reached, not here).
     """
 
     mode = "replay"
@@ -112,27 +120,7 @@ class ReplaySource(Source):
         self.path = Path(path)
         if not self.path.exists():
             raise ConfigError(f"no recording at {self.path}")
-        self.polls: list[tuple[int, list[Record]]] = []
-        header = None
-        with self.path.open("rb") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    doc = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    if lineno > 1 and not line.endswith(b"\n"):
-                        break  # a recording cut off mid-line by a crash: keep what came before
-                    raise ConfigError(f"{self.path}:{lineno}: not a recording line ({exc})") from exc
-                if header is None:
-                    if "affluent_recording" not in doc:
-                        raise ConfigError(f"{self.path}: not an affluent recording (no header line)")
-                    header = doc
-                    continue
-                recs = [Record(value=r["v"], key=r.get("k"), timestamp_ms=r.get("t") or 0, headers=r.get("h")) for r in doc["records"]]
-                self.polls.append((int(doc["wall_ms"]), recs))
-        if header is None:
-            raise ConfigError(f"{self.path}: empty recording")
+        header = self._header()
         self.name = name or f"replay-{header.get('source', self.path.stem)}"
         self.speed = math.inf if speed <= 0 else speed
         # played faster than recorded, times moved to now run ahead of the wall clock: a clock of its own
@@ -142,6 +130,54 @@ class ReplaySource(Source):
         self.index = 0
         self.loops = 0
         self.shift_ms = 0
+        self._polls: list[tuple[int, list[Record]]] | None = None if self.own_process else list(self._iter_polls())
+        self._stream: Iterator[tuple[int, list[Record]]] | None = None
+        self._last_wall = 0
+
+    @property
+    def own_process(self) -> bool:  # type: ignore[override]
+        """A big recording played as fast as possible is CPU work: it runs beside the pipelines, on another core."""
+        return math.isinf(self.speed) and self.path.stat().st_size >= PROCESS_BYTES
+
+    @property
+    def polls(self) -> list[tuple[int, list[Record]]]:
+        """(wall ms, records) of each recorded poll."""
+        if self._polls is None:
+            self._polls = list(self._iter_polls())
+        return self._polls
+
+    def _header(self) -> dict[str, Any]:
+        with self.path.open("rb") as f:
+            for line in f:
+                if line.strip():
+                    try:
+                        doc = orjson.loads(line)
+                    except orjson.JSONDecodeError as exc:
+                        raise ConfigError(f"{self.path}:1: not a recording line ({exc})") from exc
+                    if not isinstance(doc, dict) or "affluent_recording" not in doc:
+                        raise ConfigError(f"{self.path}: not an affluent recording (no header line)")
+                    return doc
+        raise ConfigError(f"{self.path}: empty recording")
+
+    def _iter_polls(self) -> Iterator[tuple[int, list[Record]]]:
+        """The recorded polls, read from the file one at a time."""
+        with self.path.open("rb") as f:
+            lines = (line for line in f if line.strip())
+            next(lines)  # the header, read already
+            for lineno, line in enumerate(lines, 2):
+                try:
+                    doc = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    if not line.endswith(b"\n"):
+                        return  # a recording cut off mid-line by a crash: keep what came before
+                    raise ConfigError(f"{self.path}:{lineno}: not a recording line ({exc})") from exc
+                yield int(doc["wall_ms"]), [Record(value=r["v"], key=r.get("k"), timestamp_ms=r.get("t") or 0, headers=r.get("h")) for r in doc["records"]]
+
+    def _first_wall(self) -> int | None:
+        if self._polls is not None:
+            return self._polls[0][0] if self._polls else None
+        first = next(self._iter_polls(), None)
+        return None if first is None else first[0]
 
     @property
     def duration_ms(self) -> int:
@@ -151,31 +187,60 @@ class ReplaySource(Source):
         pos = position or {}
         self.index = int(pos.get("index", 0))
         self.loops = int(pos.get("loops", 0))
+        self._stream = None
         if "shift_ms" in pos:
             self.shift_ms = int(pos["shift_ms"])
-        elif self.shift_to_now and self.polls:
+        elif self.shift_to_now and self._first_wall() is not None:
             # the newest event of the first poll becomes now: later ones follow at the replay's pace, and
             # none runs ahead of the wall clock at real pace (an older feed file in that poll stays older)
-            first = next((rs for _, rs in self.polls if any(r.timestamp_ms for r in rs)), [])
-            self.shift_ms = now_ms() - max((r.timestamp_ms for r in first), default=self.polls[0][0])
+            polls = self._polls if self._polls is not None else self._iter_polls()
+            first = next((rs for _, rs in polls if any(r.timestamp_ms for r in rs)), [])
+            self.shift_ms = now_ms() - max((r.timestamp_ms for r in first), default=self._first_wall() or 0)
 
     def poll(self) -> SourcePoll:
-        if self.index >= len(self.polls):
-            if not self.loop or not self.polls:
+        if self._polls is None:
+            return self._stream_poll()
+        if self.index >= len(self._polls):
+            if not self.loop or not self._polls:
                 return SourcePoll(done=True, position=self._position())
-            self.index = 0
-            self.loops += 1
-            if self.shift_to_now:
-                self.shift_ms += self.duration_ms + 1000
-        wall, recs = self.polls[self.index]
+            self._next_loop(self.duration_ms)
+        wall, recs = self._polls[self.index]
         self.index += 1
-        if self.shift_ms:
-            recs = [Record(value=r.value, key=r.key, timestamp_ms=r.timestamp_ms + self.shift_ms if r.timestamp_ms else 0, headers=r.headers) for r in recs]
         wait = 0.0
-        if self.index < len(self.polls) and math.isfinite(self.speed):
-            wait = max(0.0, (self.polls[self.index][0] - wall) / 1000 / self.speed)
-        done = self.index >= len(self.polls) and not self.loop
-        return SourcePoll(records=recs, wait_s=wait, position=self._position(), done=done)
+        if self.index < len(self._polls) and math.isfinite(self.speed):
+            wait = max(0.0, (self._polls[self.index][0] - wall) / 1000 / self.speed)
+        done = self.index >= len(self._polls) and not self.loop
+        return SourcePoll(records=self._shifted(recs), wait_s=wait, position=self._position(), done=done)
+
+    def _stream_poll(self) -> SourcePoll:
+        """A big recording at full speed: read one poll at a time from the file."""
+        if self._stream is None:
+            self._stream = itertools.islice(self._iter_polls(), self.index, None)
+        got = next(self._stream, None)
+        if got is None and self.loop and self._first_wall() is not None:
+            self._next_loop(self._last_wall - (self._first_wall() or 0))
+            self._stream = self._iter_polls()
+            got = next(self._stream, None)
+        if got is None:
+            return SourcePoll(done=True, position=self._position())
+        wall, recs = got
+        self._last_wall = wall
+        self.index += 1
+        return SourcePoll(records=self._shifted(recs), position=self._position())
+
+    def _next_loop(self, duration_ms: int) -> None:
+        self.index = 0
+        self.loops += 1
+        if self.shift_to_now:
+            self.shift_ms += duration_ms + 1000
+
+    def _shifted(self, recs: list[Record]) -> list[Record]:
+        if not self.shift_ms:
+            return recs
+        return [Record(value=r.value, key=r.key, timestamp_ms=r.timestamp_ms + self.shift_ms if r.timestamp_ms else 0, headers=r.headers) for r in recs]
+
+    def close(self) -> None:
+        self._stream = None  # its generator closes the file
 
     def _position(self) -> dict[str, int]:
         return {"index": self.index, "loops": self.loops, "shift_ms": self.shift_ms}

@@ -12,7 +12,20 @@ generated markets and trades, and say so.
 
 from __future__ import annotations
 
-from affluent.apps.crypto.app import pipelines
-from affluent.apps.crypto.cli import analyze_command, commands, run_command
+import importlib
+from typing import Any
 
-__all__ = ["analyze_command", "commands", "pipelines", "run_command"]
+# loaded when first used: a process that only runs the pipelines (a worker, a benchmark) never imports the CLI
+_WHERE = {
+    "pipelines": "affluent.apps.crypto.app",
+    "run_command": "affluent.apps.crypto.cli",
+    "analyze_command": "affluent.apps.crypto.cli",
+    "commands": "affluent.apps.crypto.cli",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

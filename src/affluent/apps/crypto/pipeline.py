@@ -16,6 +16,7 @@ crypto-lake:     crypto.markets (coins in the top N) --> lake crypto_markets (da
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,7 @@ def build_pipelines(
     """
     from affluent.apps.crypto.forecast import MODEL, forecast
 
-    def serving(table: str, keys: tuple[str, ...], columns: dict[str, str], time_column: str) -> ServingSink:
-        return ServingSink(serving_db, table, key_columns=keys, columns=columns, retain_ms=serving_retain_ms, time_column=time_column)
+    serving = partial(serving_sink, serving_db, serving_retain_ms)
 
     m = Pipeline("crypto-markets", poll_interval_ms=250, max_event_ahead_ms=max_event_ahead_ms)
     raw = m.source(markets, topic=tables.T_MARKETS_RAW, config=TopicConfig(retention_ms=DAY_MS))
@@ -109,6 +109,45 @@ def build_pipelines(
     fc.to_topic(tables.T_FORECASTS)
     fc.to_sink(serving(tables.FORECASTS, tables.FORECAST_KEY, tables.FORECAST_COLUMNS, "at_ms"))
 
+    t = trades_pipeline(
+        trades,
+        serving_db=serving_db,
+        serving_retain_ms=serving_retain_ms,
+        grace_ms=grace_ms,
+        anomaly_z=anomaly_z,
+        anomaly_warmup=anomaly_warmup,
+        anomaly_span=anomaly_span,
+        max_event_ahead_ms=max_event_ahead_ms,
+    )
+
+    lake = Pipeline("crypto-lake", commit_interval_ms=lake_commit_ms, poll_interval_ms=min(lake_commit_ms, 1_000) or 50, max_event_ahead_ms=max_event_ahead_ms)
+    lake.topic(tables.T_MARKETS).filter(lambda r: r["in_top"] == 1, name="in-top").to_sink(
+        ParquetLakeSink(lake_root, tables.LAKE_MARKETS, time_ms=_lake_time, schema=tables.LAKE_SCHEMA, tz="UTC")
+    )
+    return [m, f, t, lake]
+
+
+def _lake_time(r: Record) -> int:
+    return int(r.value["last_updated_ms"])
+
+
+def serving_sink(db: str | Path, retain_ms: int, table: str, keys: tuple[str, ...], columns: dict[str, str], time_column: str) -> ServingSink:
+    return ServingSink(db, table, key_columns=keys, columns=columns, retain_ms=retain_ms, time_column=time_column)
+
+
+def trades_pipeline(
+    trades: Source,
+    *,
+    serving_db: str | Path,
+    serving_retain_ms: int = 7 * DAY_MS,
+    grace_ms: int = 10_000,
+    anomaly_z: float = 4.0,
+    anomaly_warmup: int = 30,
+    anomaly_span: int = 60,
+    max_event_ahead_ms: int | None = DEFAULT_MAX_EVENT_AHEAD_MS,
+) -> Pipeline:
+    """crypto-trades: trades into 1m candles on trade time, anomalies, 5m and 1h roll-ups and moving averages."""
+    serving = partial(serving_sink, serving_db, serving_retain_ms)
     t = Pipeline("crypto-trades", poll_interval_ms=100, max_event_ahead_ms=max_event_ahead_ms)
     # idle partitions do not move the watermark: trades fetched after a reconnect still reach their candles
     window = TumblingWindow(size_ms=tables.INTERVALS["1m"], grace_ms=grace_ms, idle_ms=None)
@@ -128,13 +167,4 @@ def build_pipelines(
     )
     candles.to_topic(tables.T_CANDLES)
     candles.to_sink(serving(tables.CANDLES, tables.CANDLE_KEY, tables.CANDLE_COLUMNS, "open_time"))
-
-    lake = Pipeline("crypto-lake", commit_interval_ms=lake_commit_ms, poll_interval_ms=min(lake_commit_ms, 1_000) or 50, max_event_ahead_ms=max_event_ahead_ms)
-    lake.topic(tables.T_MARKETS).filter(lambda r: r["in_top"] == 1, name="in-top").to_sink(
-        ParquetLakeSink(lake_root, tables.LAKE_MARKETS, time_ms=_lake_time, schema=tables.LAKE_SCHEMA, tz="UTC")
-    )
-    return [m, f, t, lake]
-
-
-def _lake_time(r: Record) -> int:
-    return int(r.value["last_updated_ms"])
+    return t

@@ -49,6 +49,7 @@ REST_LIMIT = 1000
 MAX_CONNECTION_S = 23 * 3600.0
 #: quantities are summed exactly, in units of the exchange's quantity step
 QTY_SCALE = 100_000_000
+_INF = float("inf")
 
 
 class BinanceError(SourceUnavailableError):
@@ -57,6 +58,28 @@ class BinanceError(SourceUnavailableError):
 
 def normalize_trade(msg: Any) -> dict[str, Any]:
     """A trade event -> {symbol, trade_id, price, qty_e8, time_ms, buyer_maker}; ValueError saying what is wrong."""
+    try:  # the common case, checked in one go; anything odd is explained below
+        if msg["e"] == "trade":
+            symbol, tid, at, price, qty = msg["s"], msg["t"], msg["T"], float(msg["p"]), float(msg["q"])
+            if (
+                type(symbol) is str
+                and symbol
+                and type(tid) is int
+                and tid >= 0
+                and type(at) is int
+                and at > 0
+                and 0 < price < _INF
+                and 0 <= qty < _INF
+                and type(msg["p"]) is str
+            ):
+                return _trade(symbol, tid, price, qty, at, msg)
+    except (KeyError, TypeError, ValueError):
+        pass
+    return _checked_trade(msg)
+
+
+def _checked_trade(msg: Any) -> dict[str, Any]:
+    """normalize_trade, field by field, with a reason for what is wrong."""
     if not isinstance(msg, dict):
         raise ValueError(f"not a trade event: {str(msg)[:120]}")
     kind = msg.get("e")
@@ -74,6 +97,10 @@ def normalize_trade(msg: Any) -> dict[str, Any]:
     assert price is not None and qty is not None
     if price <= 0 or qty < 0:
         raise ValueError(f"{symbol} trade {tid}: price {price} or quantity {qty} out of range")
+    return _trade(symbol, tid, price, qty, at, msg)
+
+
+def _trade(symbol: str, tid: int, price: float, qty: float, at: int, msg: dict[str, Any]) -> dict[str, Any]:
     return {"symbol": symbol.upper(), "trade_id": tid, "price": price, "qty_e8": round(qty * QTY_SCALE), "time_ms": at, "buyer_maker": bool(msg.get("m"))}
 
 
