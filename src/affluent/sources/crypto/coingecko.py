@@ -85,6 +85,9 @@ def normalize_market(env: dict[str, Any]) -> dict[str, Any]:
     if updated is None:
         raise ValueError(f"{coin}: last_updated is missing or not a time: {row.get('last_updated')!r}")
     rank = number(row.get("market_cap_rank"), f"{coin}: market_cap_rank")
+    price = number(row.get("current_price"), f"{coin}: current_price", required=True)
+    if price is None or price <= 0:
+        raise ValueError(f"{coin}: current_price {price} is not a price")
 
     def pct(name: str) -> float | None:
         return number(row.get(f"price_change_percentage_{name}_in_currency", row.get(f"price_change_percentage_{name}")), f"{coin}: {name} change")
@@ -95,7 +98,7 @@ def normalize_market(env: dict[str, Any]) -> dict[str, Any]:
         "name": str(row.get("name") or coin),
         "vs_currency": env.get("vs_currency") or "usd",
         "rank": None if rank is None else int(rank),
-        "price": number(row.get("current_price"), f"{coin}: current_price", required=True),
+        "price": price,
         "market_cap": number(row.get("market_cap"), f"{coin}: market_cap"),
         "volume_24h": number(row.get("total_volume"), f"{coin}: total_volume"),
         "high_24h": number(row.get("high_24h"), f"{coin}: high_24h"),
