@@ -1,12 +1,18 @@
 """A process running one real app's pipelines to the end of a bounded input, for the SIGKILL tests.
 
-Run as `python kill_app_worker.py stock|bikes FOLDER [RECORDING]`. In FOLDER it keeps the SQLite log
-(`affluent.db`), the Parquet lake (`lake/`) and, for bikes, the SQLite serving store (`serving.db`).
+Run as `python kill_app_worker.py stock|bikes|crypto FOLDER [RECORDING]`. In FOLDER it keeps the SQLite
+log (`affluent.db`), the Parquet lake (`lake/`) and, for bikes and crypto, the SQLite serving store
+(`serving.db`).
 
 - stock: the seeded shelf simulator over one simulated day (`affluent stock simulate`), the day in ~6 s;
-- bikes: the bundled VéloZef recording (RECORDING, unpacked), not looped, not shifted, its 2 hours in ~6 s.
+- bikes: the bundled VéloZef recording (RECORDING, unpacked), not looped, not shifted, its 2 hours in ~6 s;
+- crypto: the two bundled recordings, CoinGecko markets and Binance trades (unpacked in the folder
+  RECORDING, by `affluent.apps.crypto.app.recording_path`), not looped, not shifted, their 40 minutes
+  paced to ~6 s (a trades poll every ~0.7 ms, a markets poll every 75 ms). The trades' ~9,200 polls,
+  each one append to the log, make a run last longer than that: ~20-25 s on 2 busy cores. Their event
+  times are a recording's, in the wall clock's past or future: no check of event time against it.
 
-Both sources run fast but not at once: the pipelines then take their input in many small batches, and
+The sources run fast but not at once: the pipelines then take their input in many small batches, and
 commit and flush many times, as they do live, rather than in a few big steps that a kill would hit or miss
 whole. What a source emits does not depend on its pace, only how it is cut into polls.
 
@@ -53,6 +59,8 @@ FLUSH_PAUSE_S = 0.005
 STOCK_SETTINGS = {"seed": 7, "stores": 3, "period_s": 60.0, "speed": 86_400 / 6, "start": "2025-03-08", "end": "2025-03-08"}
 #: the bikes recording's pace: its two hours in about 6 s
 BIKES_REPLAY_SPEED = 7_200 / 6
+#: the crypto recordings' pace: their forty minutes in about 6 s (the run takes longer: see above)
+CRYPTO_REPLAY_SPEED = 2_400 / 6
 TIMEOUT_S = 120.0
 
 _out = threading.Lock()
@@ -127,6 +135,18 @@ def bikes_pipelines(folder: Path, recording: Path) -> list[Pipeline]:
     return build_pipelines(source, serving_db=folder / "serving.db", lake_root=folder / "lake", lake_commit_ms=LAKE_COMMIT_MS)
 
 
+def crypto_pipelines(folder: Path, recordings: Path) -> list[Pipeline]:
+    from affluent.apps.crypto.app import MARKETS_RECORDING, TRADES_RECORDING, recording_path
+    from affluent.apps.crypto.pipeline import build_pipelines
+    from affluent.sources.replay import ReplaySource
+
+    markets, trades = (
+        ReplaySource(recording_path(recordings, name), speed=CRYPTO_REPLAY_SPEED, loop=False, shift_to_now=False)
+        for name in (MARKETS_RECORDING, TRADES_RECORDING)
+    )
+    return build_pipelines(markets, trades, serving_db=folder / "serving.db", lake_root=folder / "lake", lake_commit_ms=LAKE_COMMIT_MS, max_event_ahead_ms=None)
+
+
 def _done_before(log: SQLiteLog, pipes: list[Pipeline]) -> int:
     """Records in the source topics plus input offsets committed by the pipelines."""
     n = 0
@@ -157,7 +177,14 @@ def main(argv: list[str]) -> int:
     _announce_flushes()
     if os.environ.get("KILL_APP_DIE_IN_MARKER"):
         _die_in_commit_marker(int(os.environ["KILL_APP_DIE_IN_MARKER"]))
-    pipes = stock_pipelines(folder) if app == "stock" else bikes_pipelines(folder, Path(argv[3]))
+    if app == "stock":
+        pipes = stock_pipelines(folder)
+    elif app == "bikes":
+        pipes = bikes_pipelines(folder, Path(argv[3]))
+    elif app == "crypto":
+        pipes = crypto_pipelines(folder, Path(argv[3]))
+    else:
+        raise SystemExit(f"unknown app {app!r}: stock, bikes or crypto")
     log = SQLiteLog(folder / "affluent.db")
     rt = Runtime(log, metrics=Metrics())
     for p in pipes:

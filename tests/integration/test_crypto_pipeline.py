@@ -226,3 +226,19 @@ def test_markets_keep_signs_survive_429_storms_and_skip_unchanged(tmp_path: Path
     fc = run.rows(f"SELECT * FROM {tables.FORECASTS} WHERE coin_id = 'bitcoin' ORDER BY at_ms")
     assert len(fc) == 24
     assert all(f["low"] <= f["price"] <= f["high"] for f in fc)
+
+
+def test_the_connection_is_renewed_before_its_limit_and_no_trade_is_lost(tmp_path: Path) -> None:
+    """Binance closes a connection after 24 h: the source renews it first (here after 0.3 s), and fills what it missed."""
+    tape = trade_tape(("BTCUSDT", "ETHUSDT"), start_ms=T0, minutes=2, per_second=5, seed=9)
+    with TradeStreamServer(tape, pace_s=0.002) as stream, MarketServer(lambda q: [], stream) as server:
+        src = BinanceTradeSource(["BTCUSDT", "ETHUSDT"], ws_url=stream.url, rest_url=server.rest_url, max_connection_s=0.3, batch_s=0.05)
+        src.open(None)
+        got: list[tuple[str, int]] = []
+        deadline = time.monotonic() + 30
+        while not (stream.done and len(got) >= len(tape)) and time.monotonic() < deadline:
+            got += [(r.value["s"], r.value["t"]) for r in src.poll().records]
+        src.close()
+    assert src.connects >= 3 and src.drops == 0
+    assert sorted(got) == sorted((m["s"], m["t"]) for m in tape)  # each once, in spite of the overlaps
+    assert all("streams=btcusdt@trade/ethusdt@trade" in p for p in stream.paths)  # resubscribed each time

@@ -49,7 +49,7 @@ def test_a_broker_down_at_start_is_waited_for_in_one_line_a_try(tmp_path: Path) 
         text=True,
         env={"COLUMNS": "400", "PATH": ""},
     )
-    time.sleep(6)
+    time.sleep(10)  # two tries (2 s each, 1 s apart) after the start-up, with room for a loaded machine
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     text = out + err

@@ -1,4 +1,4 @@
-"""Exactly-once under SIGKILL, on the real apps: `stock` and `bikes` killed at random points, restarted, compared.
+"""Exactly-once under SIGKILL, on the real apps: `stock`, `bikes` and `crypto` killed at random points, restarted, compared.
 
 Each test runs an app's real pipelines (`kill_app_worker.py`) over a bounded input once without
 interruption, then again in another folder, killing the process with SIGKILL at seeded random
@@ -6,17 +6,23 @@ points (during startup, after some progress, just after a lake or serving-store 
 and restarting it, until a last run finishes. The killed run must then equal the uninterrupted one:
 
 - every topic: per partition, the same records (offset, key, value, timestamp, headers) in the same order;
-  except the per-minute window topics of bikes, which emit on update: how many updates a window gets
-  depends on how its input was cut into batches (and updates of several windows in one batch come in set
-  order, which varies between processes), so two uninterrupted runs differ there too. For these, each
-  window's last update must be the same, and within a window updates must never go back to an older state;
+  except two kinds, where two uninterrupted runs differ too (UPDATE_STREAMS, MERGED_STREAMS):
+  - window topics that emit on update (the per-minute topics of bikes, the candles of crypto): how many
+    updates a window gets depends on how its input was cut into batches. For these, each window's last
+    update must be the same, and within a window updates must never go back to an older state (for
+    crypto's candles, never stay where they were either: each has more trades than the one before);
+  - crypto.anomalies, one partition written from the four of crypto.trades: how the partitions' records
+    interleave depends on how much of each a poll found. For it, each key's records must be the same, in
+    the same order;
 - the lake: the rows of every Parquet file a reader would see (with their date=/hour= folders), as
   multisets: none missing, none twice;
-- the serving store (bikes): every SQLite table, row for row. stock has none, and must not make one.
+- the serving store (bikes, crypto): every SQLite table, row for row. stock has none, and must not make one.
 
-No field is left out: nothing these runs store depends on the wall clock (their inputs make no dead
-letters, whose `failed_at_ms` would). A last test kills stock at one precise point: the lake's commit
-marker created but still empty.
+No field is left out (but crypto.anomalies' offsets): nothing these runs store depends on the wall clock.
+Their inputs make no dead letters, whose `failed_at_ms` would (the crypto test checks it); crypto's times
+all come from the recordings (a market row's `snapshot_ms`, a forecast's `made_ms`), its trades come in
+order, none late, and its forecasts are a deterministic fit. A last test kills stock at one precise point:
+the lake's commit marker created but still empty.
 """
 
 from __future__ import annotations
@@ -42,8 +48,25 @@ from affluent.core.sqlite_log import SQLiteLog
 from affluent.sinks.serving import serving_connection
 
 WORKER = Path(__file__).with_name("kill_app_worker.py")
-#: topics of windows with emit="update", and what orders a window's updates (later snapshot, then more counted)
-UPDATE_STREAMS = {"bikes.system_minute": ("snapshot_ms", "stations"), "bikes.vehicle_minute": ("snapshot_ms", "vehicles")}
+#: topics of windows with emit="update": the fields that, with the record's key, name a window; those that order its
+#: updates; and whether each update must be strictly after the one before (not merely never go back).
+#: bikes: a later snapshot, then more counted. crypto: more trades, strictly: a 1m candle is emitted again only when
+#: a trade joins it, and its 5m and 1h roll-ups with it; the moving averages re-emit a candle unchanged only after a
+#: late trade, and the recording's trades come in order (the test checks that none is late). So an update repeated
+#: by a restart shows.
+UPDATE_STREAMS = {
+    "bikes.system_minute": (("window_start_ms",), ("snapshot_ms", "stations"), False),
+    "bikes.vehicle_minute": (("window_start_ms",), ("snapshot_ms", "vehicles"), False),
+    "crypto.candles": (("symbol", "interval", "open_time"), ("trades",), True),
+}
+#: topics of one partition that a pipeline writes as it reads several: how the records of its input partitions
+#: interleave there depends on how much of each partition a poll found (a poll reads one partition's backlog, then
+#: the next one's), so the same input at another pace, or a restart catching up, orders them otherwise. For these,
+#: each key's records must be the same, in the same order (keys of one input partition stay in order), and the
+#: offsets are left out: they are the interleaving. crypto.anomalies: one partition, written from the four of
+#: crypto.trades; an uninterrupted run of the trades at full speed put ETHUSDT's alert (partition 0) before
+#: AVAXUSDT's (partition 1), and so did a killed run whose restarts caught up late in the input.
+MERGED_STREAMS = {"crypto.anomalies"}
 KILLS_PER_APP = 30
 WAIT_S = 60.0
 #: the share of an uninterrupted run's time that the killed runs get, over all kills
@@ -56,7 +79,11 @@ pytestmark = [pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POS
 
 # -- running and killing the worker ------------------------------------------------------------------------------------
 class Worker:
-    """One worker process; its output lines are read by a thread, so that waiting for one never blocks forever."""
+    """One worker process; its output lines are read by a thread, so that waiting for one never blocks forever.
+
+    recording: the worker's input, for the apps that replay one: bikes' recording, or the folder where
+    crypto's two are unpacked.
+    """
 
     def __init__(self, app: str, folder: Path, recording: Path | None, env: dict[str, str] | None = None) -> None:
         args = [sys.executable, str(WORKER), app, str(folder)] + ([str(recording)] if recording else [])
@@ -180,7 +207,7 @@ def run_with_kills(app: str, folder: Path, recording: Path | None, *, work: int,
     wait for work that never comes.
     """
     rnd = random.Random(seed)
-    flushes = ["lake", "serving"] if app == "bikes" else ["lake"]
+    flushes = ["lake"] if app == "stock" else ["lake", "serving"]
     mean_live_s = LIVE_SHARE * live_s / (0.8 * kills)
     out = KillLog()
     done_so_far = 0  # the most work a run found done when it started
@@ -298,6 +325,9 @@ def diff_topics(want: dict[str, dict[int, list[tuple[Any, ...]]]], got: dict[str
         if name in UPDATE_STREAMS:
             problems += diff_updates(name, want[name], got[name])
             continue
+        if name in MERGED_STREAMS:
+            problems += diff_merged(name, want[name], got[name])
+            continue
         for part, w in want[name].items():
             g = got[name][part]
             if w == g:
@@ -310,16 +340,19 @@ def diff_topics(want: dict[str, dict[int, list[tuple[Any, ...]]]], got: dict[str
     return problems
 
 
-def _last_updates(name: str, parts: dict[int, list[tuple[Any, ...]]], problems: list[str]) -> dict[tuple[Any, int], Any]:
-    """The last update of each window (key, start), checking on the way that no update goes back in time."""
-    order = UPDATE_STREAMS[name]
-    last: dict[tuple[Any, int], tuple[Any, ...]] = {}
+def _last_updates(name: str, parts: dict[int, list[tuple[Any, ...]]], problems: list[str]) -> dict[tuple[Any, ...], Any]:
+    """The last update of each window (key, fields), checking on the way that no update goes back in time
+    (nor stays where it was, for a strict stream)."""
+    fields, order, strict = UPDATE_STREAMS[name]
+    last: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     for part, recs in parts.items():
         for rec in recs:
-            window = (rec[1], rec[2]["window_start_ms"])
+            window = (rec[1], *(rec[2][f] for f in fields))
             before = last.get(window)
-            if before is not None and [before[2][f] for f in order] > [rec[2][f] for f in order]:
-                problems.append(f"{name}[{part}]: window {window} went back from {_shown([before])} to {_shown([rec])}")
+            if before is not None:
+                was, now = [before[2][f] for f in order], [rec[2][f] for f in order]
+                if was > now or (strict and was == now):
+                    problems.append(f"{name}[{part}]: window {window} went {'back' if was > now else 'nowhere'} from {_shown([before])} to {_shown([rec])}")
             last[window] = rec
     return {w: (r[1], r[2], r[3], r[4]) for w, r in last.items()}
 
@@ -332,6 +365,28 @@ def diff_updates(name: str, want: dict[int, list[tuple[Any, ...]]], got: dict[in
         problems.append(
             f"{name}: the last update of {len(differ)} of {len(w)} windows differs, e.g. {differ[0]}: want {w.get(differ[0])} got {g.get(differ[0])}"
         )
+    return problems
+
+
+def _by_key(recs: list[tuple[Any, ...]]) -> dict[str, list[tuple[Any, ...]]]:
+    """Each key's records (key, value, timestamp_ms, headers), in offset order."""
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    for rec in recs:
+        out.setdefault(_canon(rec[1]), []).append(rec[1:])
+    return out
+
+
+def diff_merged(name: str, want: dict[int, list[tuple[Any, ...]]], got: dict[int, list[tuple[Any, ...]]]) -> list[str]:
+    problems = []
+    for part, w in want.items():
+        wk, gk = _by_key(w), _by_key(got[part])
+        differ = sorted(k for k in set(wk) | set(gk) if wk.get(k) != gk.get(k))
+        if differ:
+            k = differ[0]
+            problems.append(
+                f"{name}[{part}]: the records of {len(differ)} of {len(wk)} keys differ, e.g. {k}: "
+                f"want {len(wk.get(k, []))} records ({_shown(wk.get(k, []))}) got {len(gk.get(k, []))} ({_shown(gk.get(k, []))})"
+            )
     return problems
 
 
@@ -392,6 +447,17 @@ def stock_reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
     return Reference(folder, *run_clean("stock", folder, None))
 
 
+@pytest.fixture(scope="module")
+def crypto_recordings(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder where the crypto recordings are unpacked, once, for every worker to find."""
+    from affluent.apps.crypto.app import MARKETS_RECORDING, TRADES_RECORDING, recording_path
+
+    folder = tmp_path_factory.mktemp("crypto-recordings")
+    for name in (MARKETS_RECORDING, TRADES_RECORDING):
+        recording_path(folder, name)
+    return folder
+
+
 def _check_killed_run_matches(app: str, ref: Reference, killed: Path, recording: Path | None, seed: int) -> None:
     kills = run_with_kills(app, killed, recording, work=ref.work, live_s=ref.live_s, kills=KILLS_PER_APP, seed=seed)
     print(
@@ -428,6 +494,39 @@ def test_bikes_killed_at_random_points_ends_as_an_uninterrupted_run(tmp_path: Pa
     assert tables is not None
     assert sorted(tables) == ["bikes_stations", "bikes_system_minute", "bikes_systems", "bikes_vehicle_minute", "bikes_vehicles"]
     assert all(tables.values()), {k: len(v) for k, v in tables.items()}
+
+
+def test_crypto_killed_at_random_points_ends_as_an_uninterrupted_run(tmp_path: Path, crypto_recordings: Path) -> None:
+    from affluent.apps.crypto.app import MARKETS_RECORDING, TRADES_RECORDING, recording_path
+    from affluent.sources.replay import ReplaySource
+
+    started = time.monotonic()
+    ref = Reference(tmp_path / "reference", *run_clean("crypto", tmp_path / "reference", crypto_recordings))
+    print(f"crypto: the uninterrupted run took {time.monotonic() - started:.1f} s ({ref.live_s:.1f} s after ready)")
+    _check_killed_run_matches("crypto", ref, tmp_path / "killed", crypto_recordings, seed=20261201)
+    # the reference went through every pipeline: every recorded trade in exactly one 1m, one 5m and one 1h candle,
+    # every market row in the lake once, every serving table filled
+    recorded = {name: sum(len(rs) for _, rs in ReplaySource(recording_path(crypto_recordings, name)).polls) for name in (MARKETS_RECORDING, TRADES_RECORDING)}
+    t = topics(ref.folder)
+    trades = sum(len(recs) for recs in t["crypto.trades"].values())
+    assert trades == recorded[TRADES_RECORDING] > 10_000
+    assert len(t["crypto.markets.raw"][0]) == recorded[MARKETS_RECORDING]
+    # no dead letter (whose failed_at_ms is the wall clock) and no late trade
+    assert not {name: parts for name, parts in t.items() if name.endswith((".dlq", ".late")) and any(parts.values())}
+    candles: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for recs in t["crypto.candles"].values():
+        for _, _, v, _, _ in recs:
+            candles[v["symbol"], v["interval"], v["open_time"]] = v  # the last update of each candle
+    assert {iv: sum(c["trades"] for k, c in candles.items() if k[1] == iv) for iv in ("1m", "5m", "1h")} == dict.fromkeys(("1m", "5m", "1h"), trades)
+    markets = [v for _, _, v, _, _ in t["crypto.markets"][0]]
+    assert len(markets) == sum(1 for _, _, v, _, _ in t["crypto.markets.raw"][0] if v["kind"] == "market")
+    rows = lake(ref.folder)["crypto_markets"]
+    assert sum(rows.values()) == sum(1 for m in markets if m["in_top"] == 1) and max(rows.values()) == 1
+    tables = serving(ref.folder)
+    assert tables is not None
+    assert sorted(tables) == ["crypto_anomalies", "crypto_candles", "crypto_forecasts", "crypto_markets"]
+    assert all(tables.values()), {k: len(v) for k, v in tables.items()}
+    assert len(tables["crypto_candles"]) == len(candles)
 
 
 def test_stock_killed_as_the_lake_creates_a_commit_marker_restarts_and_ends_as_an_uninterrupted_run(tmp_path: Path, stock_reference: Reference) -> None:

@@ -16,7 +16,8 @@ from affluent.core.pipeline import Pipeline
 from affluent.core.sinks import Sink
 from affluent.core.sources import Source
 from affluent.sources.crypto import BinanceTradeSource, CoinGeckoSource
-from affluent.sources.replay import ReplaySource, unpack_recording
+from affluent.sources.crypto.replay import CryptoReplaySource
+from affluent.sources.replay import unpack_recording
 
 log = logging.getLogger("affluent.apps.crypto")
 
@@ -38,24 +39,29 @@ def recording_path(data_dir: Path, name: str) -> Path:
     return unpack_recording(resources.files("affluent.apps.crypto") / "data" / f"{name}.gz", data_dir)
 
 
-def replay(settings: Settings, name: str, note: str) -> ReplaySource:
+def replay(settings: Settings, name: str, note: str) -> CryptoReplaySource:
     """A bundled recording, looped, its times moved to now: a replay that looks live, and says it is not."""
-    src = ReplaySource(recording_path(settings.data_dir, name), speed=settings.crypto.replay_speed, loop=True, shift_to_now=True)
+    src = CryptoReplaySource(recording_path(settings.data_dir, name), speed=settings.crypto.replay_speed, loop=True, shift_to_now=True)
     src.note = note
     return src
 
 
-def reachable(url: str, timeout_s: float) -> str | None:
+def reachable(url: str, timeout_s: float, headers: dict[str, str] | None = None) -> str | None:
     """None when `url` answers 2xx; else why not."""
     try:
-        resp = httpx.get(url, timeout=timeout_s)
+        resp = httpx.get(url, timeout=timeout_s, headers=headers)
     except httpx.HTTPError as exc:
         return f"{type(exc).__name__}: {exc}"
+    if resp.status_code in (401, 403):
+        return f"HTTP {resp.status_code}: the API refused the key (COINGECKO_API_KEY / BINANCE_API_KEY)"
     return None if resp.is_success else f"HTTP {resp.status_code}"
 
 
 def choose_sources(settings: Settings, *, offline: bool, endpoints: Endpoints | None = None, fallback: bool | None = None) -> tuple[Source, Source]:
-    """(markets, trades): the live APIs, or for each one that cannot be reached at start, its recording (and why)."""
+    """(markets, trades): the live APIs, or for each one that cannot be reached at start, its recording (and why).
+
+    An API whose endpoint was named (in `endpoints`) is what the user asked for: it is retried, never swapped for the recording.
+    """
     c, ep = settings.crypto, endpoints or Endpoints()
     fall = c.fallback_to_recording if fallback is None else fallback
     gecko_url = ep.coingecko_url or c.coingecko_url
@@ -65,7 +71,7 @@ def choose_sources(settings: Settings, *, offline: bool, endpoints: Endpoints | 
             replay(settings, MARKETS_RECORDING, "offline: replays the bundled recording of CoinGecko markets"),
             replay(settings, TRADES_RECORDING, "offline: replays the bundled recording of Binance trades"),
         )
-    markets: Source = CoinGeckoSource(
+    gecko = CoinGeckoSource(
         gecko_url,
         vs_currency=c.vs_currency,
         top=c.top,
@@ -74,16 +80,19 @@ def choose_sources(settings: Settings, *, offline: bool, endpoints: Endpoints | 
         api_key=settings.coingecko_api_key,
         timeout_s=c.timeout_s,
     )
-    trades: Source = BinanceTradeSource(c.symbols, ws_url=ws_url, rest_url=rest_url, api_key=settings.binance_api_key, timeout_s=c.timeout_s)
-    if fall:
-        why = reachable(f"{gecko_url.rstrip('/')}/ping", c.probe_timeout_s)
+    binance = BinanceTradeSource(c.symbols, ws_url=ws_url, rest_url=rest_url, api_key=settings.binance_api_key, timeout_s=c.timeout_s)
+    markets: Source = gecko
+    trades: Source = binance
+    if fall and ep.coingecko_url is None:
+        why = reachable(f"{gecko.url}/ping", c.probe_timeout_s, gecko.headers())
         if why is not None:
-            note = f"CoinGecko ({gecko_url}) could not be reached at start ({why}): replays the bundled recording"
+            note = f"CoinGecko ({gecko_url}) could not be used at start ({why}): replays the bundled recording"
             log.warning("crypto: %s", note)
             markets = replay(settings, MARKETS_RECORDING, note)
-        why = reachable(f"{rest_url.rstrip('/')}/api/v3/ping", c.probe_timeout_s)
+    if fall and ep.binance_ws_url is None and ep.binance_rest_url is None:
+        why = reachable(f"{binance.rest_url}/api/v3/ping", c.probe_timeout_s, binance.headers())
         if why is not None:
-            note = f"Binance ({rest_url}) could not be reached at start ({why}): replays the bundled recording"
+            note = f"Binance ({rest_url}) could not be used at start ({why}): replays the bundled recording"
             log.warning("crypto: %s", note)
             trades = replay(settings, TRADES_RECORDING, note)
     return markets, trades

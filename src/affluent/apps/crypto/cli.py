@@ -55,17 +55,18 @@ def run_command(
         s.crypto.top = top
     if symbols:
         s.crypto.symbols = [x.strip().upper() for x in symbols.split(",") if x.strip()]
-    named = bool(coingecko_url or binance_ws_url or binance_rest_url)
     try:
         # endpoints named on the command line are what the user wants: no silent swap for the recording
-        made = pipelines(
-            s, offline=offline or s.offline, endpoints=Endpoints(coingecko_url, binance_ws_url, binance_rest_url), fallback=False if named else None
-        )
+        made = pipelines(s, offline=offline or s.offline, endpoints=Endpoints(coingecko_url, binance_ws_url, binance_rest_url))
     except AffluentError as exc:
         fail(exc)
     for p in made:
         for b in p.sources:
             console.print(f"crypto: {b.source.describe()} -> {b.topic}{'' if b.source.offline else ' (live)'}", highlight=False, markup=False)
+            if b.source.note:
+                console.print(f"crypto: {b.source.note}", highlight=False, markup=False)
+    if offline or s.offline:
+        console.print("crypto: the recordings hold 50 coins and 10 pairs: --top and --symbols apply to the live APIs", highlight=False, markup=False)
     console.print(f"crypto: serving store {serving_path(s)}, lake {lake_path(s)}", highlight=False)
     run_pipelines(made, duration_s=duration_s, quiet=quiet, workers=workers, join=join)
 
@@ -109,7 +110,9 @@ def analyze_command(
         err_console.print("No market snapshots in that period in the lake: widen --since/--until.")
         raise typer.Exit(1)
     if as_json:
-        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+        # times as UTC epoch ms, and the period's ends also as ISO-8601 with their offset
+        shown = {**result, "first": iso(result["first_ms"]), "last": iso(result["last_ms"])}
+        sys.stdout.write(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
     render(result)
 
@@ -152,6 +155,8 @@ def candles_command(
             raise ConfigError(f"--interval {interval!r}: use one of {', '.join(tables.INTERVALS)}")
         since_ms = parse_when(since, utc) if since else None
         until_ms = parse_when(until, utc, end=True) if until else None
+        if since_ms is not None and until_ms is not None and since_ms >= until_ms:
+            raise ConfigError(f"--since {since} is not before --until {until}")
         rows = read_candles(serving_path(s), symbol.upper(), interval, since_ms, until_ms)
     except AffluentError as exc:
         fail(exc)
@@ -161,9 +166,9 @@ def candles_command(
     if not rows:
         err_console.print(f"No {interval} candles of {symbol.upper()} in the serving store for that period. Is `affluent run crypto` following it?")
         raise typer.Exit(1)
-    t = RichTable(title=f"{symbol.upper()} {interval} candles (UTC)", title_justify="left")
+    t = RichTable(title=f"{symbol.upper()} {interval} candles", title_justify="left")
     for c in ("open time", "open", "high", "low", "close", "volume", "trades"):
-        t.add_column(c, justify="left" if c == "open time" else "right")
+        t.add_column(c, justify="left" if c == "open time" else "right", no_wrap=True, min_width=25 if c == "open time" else None)
     for r in rows:
-        t.add_row(iso(r["open_time"]) or "-", *(f"{r[k]:,.8g}" for k in ("open", "high", "low", "close", "volume")), f"{r['trades']:,}")
+        t.add_row(iso(r["open_time"]) or "-", *(repr(r[k]) for k in ("open", "high", "low", "close", "volume")), f"{r['trades']:,}")
     console.print(t)

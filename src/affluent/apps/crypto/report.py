@@ -11,7 +11,7 @@ from rich.text import Text
 
 
 def _when(ms: Any) -> str:
-    return "-" if ms is None else datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+    return "-" if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="minutes")
 
 
 def price_text(p: float | None) -> str:
@@ -55,7 +55,7 @@ def render(result: dict[str, Any], console: Console | None = None) -> None:
     console.print(
         Text.assemble(
             ("crypto analysis", "bold"),
-            f": {result['rows']:,} snapshots of {result['coins']} coins, updated {_when(result['first_ms'])} .. {_when(result['last_ms'])} (UTC)",
+            f": {result['rows']:,} snapshots of {result['coins']} coins, updated {_when(result['first_ms'])} .. {_when(result['last_ms'])}",
         )
     )
 

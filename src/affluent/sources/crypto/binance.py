@@ -31,7 +31,7 @@ import httpx
 import orjson
 from pydantic import SecretStr
 
-from affluent.core.errors import SourceUnavailableError
+from affluent.core.errors import ConfigError, SourceUnavailableError
 from affluent.core.records import Record
 from affluent.core.sources import Source, SourcePoll
 from affluent.sources.crypto.coingecko import number
@@ -50,6 +50,8 @@ MAX_CONNECTION_S = 23 * 3600.0
 #: quantities are summed exactly, in units of the exchange's quantity step
 QTY_SCALE = 100_000_000
 _INF = float("inf")
+#: a trade's time (T) may follow its message's event time (E) by this much at most (clock rounding)
+MAX_TRADE_AFTER_EVENT_MS = 1_000
 
 
 class BinanceError(SourceUnavailableError):
@@ -71,6 +73,7 @@ def normalize_trade(msg: Any) -> dict[str, Any]:
                 and 0 < price < _INF
                 and 0 <= qty < _INF
                 and type(msg["p"]) is str
+                and at <= msg.get("E", at) + MAX_TRADE_AFTER_EVENT_MS
             ):
                 return _trade(symbol, tid, price, qty, at, msg)
     except (KeyError, TypeError, ValueError):
@@ -92,6 +95,10 @@ def _checked_trade(msg: Any) -> dict[str, Any]:
         raise ValueError(f"{symbol}: trade id {tid!r} is not a non-negative integer")
     if not isinstance(at, int) or isinstance(at, bool) or at <= 0:
         raise ValueError(f"{symbol} trade {tid}: trade time {at!r} is not epoch milliseconds")
+    event = msg.get("E")
+    if isinstance(event, int) and at > event + MAX_TRADE_AFTER_EVENT_MS:
+        # the exchange sends a trade after it happened: one timed later would hold its symbol's candles back
+        raise ValueError(f"{symbol} trade {tid}: trade time {at} is after the message's event time {event}")
     price = number(msg.get("p"), f"{symbol} trade {tid}: price", required=True)
     qty = number(msg.get("q"), f"{symbol} trade {tid}: quantity", required=True)
     assert price is not None and qty is not None
@@ -127,7 +134,7 @@ class BinanceTradeSource(Source):
         timeout_s: float = 10.0,
     ) -> None:
         if not symbols:
-            raise ValueError("name at least one symbol")
+            raise ConfigError("name at least one symbol (crypto.symbols, or --symbols BTCUSDT,ETHUSDT)")
         self.symbols = [s.upper() for s in symbols]
         self.ws_url = ws_url.rstrip("/")
         self.rest_url = rest_url.rstrip("/")
@@ -154,11 +161,15 @@ class BinanceTradeSource(Source):
 
     def open(self, position: Any | None) -> None:
         self.last_id = {str(k): int(v) for k, v in ((position or {}).get("last_id") or {}).items()}
+        self._http = httpx.Client(timeout=self.timeout_s, headers=self.headers())
+
+    def headers(self) -> dict[str, str]:
+        """The REST request headers, the key included when one is set (never logged)."""
         headers = {"user-agent": "affluent"}
         key = self._api_key.get_secret_value() if self._api_key is not None else ""
         if key:
             headers["X-MBX-APIKEY"] = key
-        self._http = httpx.Client(timeout=self.timeout_s, headers=headers)
+        return headers
 
     def close(self) -> None:
         self._disconnect()
@@ -200,7 +211,8 @@ class BinanceTradeSource(Source):
         except httpx.HTTPError as exc:
             raise BinanceError(f"{what}: {type(exc).__name__}: {exc}") from exc
         if resp.status_code in (418, 429):
-            wait = parse_retry_after(resp.headers.get("retry-after")) or 60.0
+            wait = parse_retry_after(resp.headers.get("retry-after"))
+            wait = 60.0 if wait is None else wait
             raise BinanceError(f"{what}: rate limited (HTTP {resp.status_code}); waiting {wait:g} s as asked", retry_after_s=wait)
         if resp.status_code >= 400 or resp.content.lstrip()[:1] == b"<":
             raise BinanceError(f"{what}: HTTP {resp.status_code}: {resp.content[:200].decode('utf-8', 'replace')}")
@@ -310,4 +322,4 @@ class BinanceTradeSource(Source):
         return {"last_id": dict(self.last_id)}
 
     def describe(self) -> str:
-        return f"Binance trades of {len(self.symbols)} symbols ({self.ws_url})"
+        return f"Binance trades of {', '.join(self.symbols)} ({self.ws_url})"

@@ -159,12 +159,16 @@ class CoinGeckoSource(Source):
         pos = position or {}
         self.seen = {str(k): int(v) for k, v in (pos.get("seen") or {}).items()}
         self.sparkline_ms = int(pos.get("sparkline_ms", 0))
+        self._client = httpx.Client(timeout=self.timeout_s, headers=self.headers(), follow_redirects=True)
+
+    def headers(self) -> dict[str, str]:
+        """The request headers, the key included when one is set (never logged)."""
         headers = {"accept": "application/json", "user-agent": "affluent"}
         key = self._api_key.get_secret_value() if self._api_key is not None else ""
         if key:
             # a Pro key goes to the Pro root; a Demo key to the public one
             headers["x-cg-pro-api-key" if "pro-api" in self.url else "x-cg-demo-api-key"] = key
-        self._client = httpx.Client(timeout=self.timeout_s, headers=headers, follow_redirects=True)
+        return headers
 
     def close(self) -> None:
         if self._client is not None:
