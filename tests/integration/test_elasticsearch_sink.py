@@ -184,13 +184,10 @@ def make_sink() -> Iterator[Callable[..., ElasticsearchSink]]:
 T0 = 1_714_564_800_123  # 2024-05-01T12:00:00.123Z
 
 
-def test_the_first_flush_puts_a_template_with_typed_fields(es: tuple[FakeElasticsearch, str], make_sink: Callable[..., ElasticsearchSink]) -> None:
+def test_open_puts_a_template_with_typed_fields(es: tuple[FakeElasticsearch, str], make_sink: Callable[..., ElasticsearchSink]) -> None:
     server, url = es
     sink = make_sink(url)
     sink.open()
-    assert server.requests == []  # opening reaches nothing: a store that is down is retried at flush, not fatal at start
-    sink.write([snapshot("bitcoin", T0)])
-    sink.flush()
     put = server.templates["affluent-crypto-markets"]
     assert put["index_patterns"] == [INDEX] and put["priority"] == 200
     props = put["template"]["mappings"]["properties"]
@@ -221,17 +218,15 @@ def test_the_first_flush_puts_a_template_with_typed_fields(es: tuple[FakeElastic
     assert props["last_updated"]["format"] == "strict_date_optional_time"
 
 
-def test_an_index_made_without_the_template_is_refused(es: tuple[FakeElasticsearch, str], make_sink: Callable[..., ElasticsearchSink]) -> None:
+def test_open_refuses_an_index_made_without_the_template(es: tuple[FakeElasticsearch, str], make_sink: Callable[..., ElasticsearchSink]) -> None:
     server, url = es
     # what CryptoViz's dynamic mapping made of string-typed numbers
     server.mappings[INDEX] = {"properties": {"coin_id": {"type": "keyword"}, "price": {"type": "text"}, "change_24h_pct": {"type": "text"}}}
     sink = make_sink(url)
-    sink.open()
-    sink.write([snapshot("bitcoin", T0)])
     with pytest.raises(ConfigError, match=r"price is text, not double; change_24h_pct is text, not double"):
-        sink.flush()
+        sink.open()
     server.mappings[INDEX] = {"properties": {"coin_id": {"type": "keyword"}, "price": {"type": "double"}}}
-    sink.flush()  # an index of the right types is fine
+    sink.open()  # an index of the right types is fine
     assert [r.path for r in server.requests if r.method == "GET"] == [f"/{INDEX}/_mapping"] * 2
 
 
@@ -375,8 +370,6 @@ def test_credentials_from_the_url_or_arguments_are_sent_but_never_shown(
     assert {r.headers["authorization"] for r in server.requests} == {f"Basic {basic}"}
     keyed = make_sink(url, api_key="a-p1-key")
     keyed.open()
-    keyed.write([snapshot("bitcoin", T0)])
-    keyed.flush()
     assert server.requests[-1].headers["authorization"] == "ApiKey a-p1-key"
     assert sink.url == url and password not in repr(sink) and "a-p1-key" not in repr(keyed)
 
@@ -385,7 +378,6 @@ def test_credentials_from_the_url_or_arguments_are_sent_but_never_shown(
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
     gone = make_sink(f"http://elastic:s3cr3t-pa%25ss@127.0.0.1:{closed}")
-    gone.open()
     gone.write([snapshot("bitcoin", T0)])
     with pytest.raises(TransientError) as caught:
         gone.flush()

@@ -230,18 +230,12 @@ class ElasticsearchSink(Sink):
         self._buffer: dict[str, tuple[bytes, bytes]] = {}  # id -> (action line, document line); the last one wins
         self._module = _require()
         self._client: Elasticsearch | None = None
-        self._ready = False
 
     def __repr__(self) -> str:
         return f"ElasticsearchSink({self.url!r}, {self.index!r}, name={self.name!r})"
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def open(self) -> None:
-        # nothing to reach yet: the template is put at the first flush, where a server that is down is
-        # retried from the checkpoint, with back-off, while the other pipelines go on
-        self._ready = False
-
-    def _prepare(self) -> None:
         es = self._connect()
         with self._faults("take the index template"):
             es.indices.put_index_template(
@@ -254,9 +248,8 @@ class ElasticsearchSink(Sink):
             try:
                 current = es.indices.get_mapping(index=self.index).body
             except self._module.NotFoundError:
-                current = {}  # made from the template by the first bulk request
+                return  # made from the template at the first flush
         self._check_mapping(current)
-        self._ready = True
 
     def close(self) -> None:
         self._buffer.clear()
@@ -339,8 +332,6 @@ class ElasticsearchSink(Sink):
     def flush(self) -> None:
         if not self._buffer:
             return
-        if not self._ready:
-            self._prepare()
         # lines already encoded (and checked) at write; the client's NDJSON serializer sends bytes as they are
         lines: Any = [line for pair in self._buffer.values() for line in pair]
         with self._faults("index documents"):

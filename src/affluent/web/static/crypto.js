@@ -453,7 +453,10 @@
     } else {
       fplot.setData(d);
     }
-    const before = f.recent.length ? " after its prices of the last 48 hours" + (f.symbol ? " (" + f.symbol + " hourly closes, then the market's price)" : " (the market's price)") : "";
+    // say only what is drawn: hourly closes exist once the app has run for an hour
+    const closes = f.recent.length - (f.recent.length ? 1 : 0);
+    const before = closes > 0 ? " after its prices of the last 48 hours (" + closes + " " + f.symbol + " hourly closes, then the market's price)"
+      : f.recent.length ? " after the market's latest price" : "";
     forecastNote.textContent = f.points.length
       ? "Made " + time(f.made_ms) + " (" + ago(f.made_ms) + ")" + (f.model ? " by " + f.model : "") + ": the price hour by hour with its low–high band" + before + "."
       : "No forecast of " + name + " yet.";
