@@ -161,3 +161,46 @@ def test_bad_table_rows_are_dead_lettered_once_across_restarts(tmp_path: Path) -
         task.drain()
         task.close()
     assert [d.value["offset"] for d in read_topic(log, "p.dlq")] == [1]
+
+
+class DownAtStart(Sink):
+    """A store that refuses connections for its first `down` opens, then takes records."""
+
+    name = "down-at-start"
+
+    def __init__(self, down: int) -> None:
+        self.down = down
+        self.opens = 0
+        self.open_now = False
+        self.values: list[Any] = []
+
+    def open(self) -> None:
+        self.opens += 1
+        if self.opens <= self.down:
+            raise TransientError("connection refused")
+        self.open_now = True
+
+    def write(self, records: list[Record]) -> None:
+        assert self.open_now, "written before it was open"
+        self.values += [r.value for r in records]
+
+    def close(self) -> None:
+        self.open_now = False
+
+
+def test_a_sink_down_at_start_is_opened_again_and_the_other_pipelines_go_on(tmp_path: Path) -> None:
+    from affluent.core.runtime import Runtime
+
+    log = SQLiteLog(tmp_path / "log.db")
+    log.create_topic("in")
+    log.append("in", [Record({"n": i}) for i in range(5)])
+    down, lake = DownAtStart(down=3), ParquetLakeSink(tmp_path / "lake", "ds")
+    waits = Pipeline("waits")
+    waits.topic("in").to_sink(down)
+    goes_on = Pipeline("goes-on")
+    goes_on.topic("in").to_sink(lake)
+    rt = Runtime(log, metrics=Metrics()).add(waits).add(goes_on)
+    rt.run_to_end(timeout_s=60)
+    assert down.opens == 4 and sorted(v["n"] for v in down.values) == [0, 1, 2, 3, 4]  # once open, it took everything, once
+    assert sorted(r["n"] for r in lake_rows(tmp_path / "lake")) == [0, 1, 2, 3, 4]
+    log.close()

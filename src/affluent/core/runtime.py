@@ -222,6 +222,7 @@ class PipelineTask:
         #: set by `Runtime.run_to_end`: the input is bounded, so the task commits as soon as it has read all of it
         self.bounded = False
         self._wake = threading.Event()  # set to end a wait between polls early
+        self._sinks_open = False
         self.ended = False
 
     # -- lifecycle ------------------------------------------------------------------------------------------
@@ -249,10 +250,30 @@ class PipelineTask:
             self.membership = lg.join(p.name, self.member, list(p.inputs), self._revoke)
             self.membership.sync()
             self._next_sync = time.monotonic() + SYNC_S
-        for sink in p.sinks:
-            sink.open()
+        try:
+            self._open_sinks()
+        except TransientError as exc:
+            # a store that is down at start: the pipeline waits for it (the next polls try again, with back-off)
+            # while the other pipelines go on
+            self.error = str(exc)
+            log.warning("pipeline %s: %s; its sinks are opened again before it reads", p.name, exc)
         self._load()
         self.status = "running"
+
+    def _open_sinks(self) -> None:
+        """Open every sink, or none: one that fails for now (TransientError, OSError) leaves them all closed."""
+        try:
+            for sink in self.pipeline.sinks:
+                sink.open()
+        except (TransientError, OSError) as exc:
+            for sink in self.pipeline.sinks:
+                with contextlib.suppress(Exception):
+                    sink.close()
+            if isinstance(exc, OSError):
+                raise SinkUnavailableError(f"pipeline {self.pipeline.name}: a sink cannot open: {exc}") from exc
+            raise
+        self._sinks_open = True
+        self.error = None  # nothing else has run yet: the error, if any, was theirs
 
     def _owns(self, tp: tuple[str, int]) -> bool:
         return self.membership is None or tp in self.membership.owned
@@ -401,6 +422,8 @@ class PipelineTask:
 
     def poll_once(self) -> int:
         """Read and process one round of batches; returns how many records were read."""
+        if not self._sinks_open:
+            self._open_sinks()  # nothing is read before the pipeline's sinks can take what it makes
         ctx = self.ctx
         ctx.now_wall_ms = now_ms()
         has_tables = bool(self.pipeline.tables)
@@ -541,7 +564,7 @@ class PipelineTask:
             # a process that lost its lease must not write outside the log either
             if self.member is None:
                 self.log.check_lease(self.pipeline.name, self.owner)
-            for sink in self.pipeline.sinks:
+            for sink in self.pipeline.sinks if self._sinks_open else ():  # sinks not open yet took nothing
                 try:
                     sink.flush()
                 except OSError as exc:  # a full or read-only disk: the checkpoint is retried

@@ -20,7 +20,11 @@ class Sink(ABC):
     shared_writes: bool = False
 
     def open(self) -> None:  # noqa: B027 - optional hook
-        """Connect, create tables."""
+        """Connect, create tables.
+
+        A store that is down raises TransientError (or OSError): the pipeline closes its sinks and opens
+        them again before it reads, with back-off, while the other pipelines go on.
+        """
 
     @abstractmethod
     def write(self, records: list[Record]) -> None:
