@@ -15,6 +15,7 @@ from rich.text import Text
 from affluent.config import Settings, load_settings
 from affluent.core.errors import AffluentError, TransientError
 from affluent.core.log import Log, open_log
+from affluent.core.pipeline import Pipeline
 
 console = Console()
 err_console = Console(stderr=True)
@@ -81,3 +82,13 @@ def wait_for_log(log: Log, *, max_backoff_s: float = 30.0) -> None:
 def fail(exc: AffluentError | str, code: int = 1) -> NoReturn:
     err_console.print(Text.assemble(("error:", "bold red"), " ", str(exc)))
     sys.exit(code)
+
+
+def announce(app: str, made: list[Pipeline], s: Settings) -> None:
+    """What an app reads (one line per source: into which topic, live or not) and where its results go."""
+    from affluent.config import lake_path, serving_path
+
+    for p in made:
+        for b in p.sources:
+            console.print(f"{app}: {b.source.describe()} -> {b.topic}{'' if b.source.offline else ' (live)'}", highlight=False, markup=False)
+    console.print(f"{app}: serving store {serving_path(s)}, lake {lake_path(s)}", highlight=False)

@@ -9,6 +9,7 @@ This is how apps run offline and how tests stay deterministic. A recording is JS
 
 from __future__ import annotations
 
+import functools
 import gzip
 import itertools
 import math
@@ -173,7 +174,9 @@ class ReplaySource(Source):
                     raise ConfigError(f"{self.path}:{lineno}: not a recording line ({exc})") from exc
                 yield int(doc["wall_ms"]), [Record(value=r["v"], key=r.get("k"), timestamp_ms=r.get("t") or 0, headers=r.get("h")) for r in doc["records"]]
 
+    @functools.cached_property
     def _first_wall(self) -> int | None:
+        """When the recording's first poll was made (read once: a stream would open the file for it)."""
         if self._polls is not None:
             return self._polls[0][0] if self._polls else None
         first = next(self._iter_polls(), None)
@@ -190,12 +193,12 @@ class ReplaySource(Source):
         self._stream = None
         if "shift_ms" in pos:
             self.shift_ms = int(pos["shift_ms"])
-        elif self.shift_to_now and self._first_wall() is not None:
+        elif self.shift_to_now and self._first_wall is not None:
             # the newest event of the first poll becomes now: later ones follow at the replay's pace, and
             # none runs ahead of the wall clock at real pace (an older feed file in that poll stays older)
             polls = self._polls if self._polls is not None else self._iter_polls()
             first = next((rs for _, rs in polls if any(r.timestamp_ms for r in rs)), [])
-            self.shift_ms = now_ms() - max((r.timestamp_ms for r in first), default=self._first_wall() or 0)
+            self.shift_ms = now_ms() - max((r.timestamp_ms for r in first), default=self._first_wall or 0)
 
     def poll(self) -> SourcePoll:
         if self._polls is None:
@@ -217,8 +220,8 @@ class ReplaySource(Source):
         if self._stream is None:
             self._stream = itertools.islice(self._iter_polls(), self.index, None)
         got = next(self._stream, None)
-        if got is None and self.loop and self._first_wall() is not None:
-            self._next_loop(self._last_wall - (self._first_wall() or 0))
+        if got is None and self.loop and self._first_wall is not None:
+            self._next_loop(self._last_wall - (self._first_wall or 0))
             self._stream = self._iter_polls()
             got = next(self._stream, None)
         if got is None:

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from affluent.apps.bikes.app import pipelines
 from affluent.apps.bikes.catalog import Catalog, load_catalog, load_systems, search_systems
-from affluent.cli.common import JoinOpt, WorkersOpt
+from affluent.cli.common import JoinOpt, WorkersOpt, announce
 from affluent.core.errors import AffluentError
 
 commands = typer.Typer(help="Bike-share systems (GBFS).", no_args_is_help=True)
@@ -37,9 +37,8 @@ def run_command(
     join: JoinOpt = False,
 ) -> None:
     """Live bike-share stations and bikes from any GBFS feed (VéloZef Brest by default)."""
-    from affluent.cli.common import console, fail, settings
+    from affluent.cli.common import fail, settings
     from affluent.cli.main import run_pipelines
-    from affluent.config import lake_path, serving_path
 
     s = settings()
     try:
@@ -47,11 +46,7 @@ def run_command(
         made = pipelines(s, offline=offline or s.offline, feed=feed, fallback=False if feed else None)
     except AffluentError as exc:
         fail(exc)
-    for p in made:
-        for b in p.sources:
-            mode = "" if b.source.offline else " (live)"  # an offline source says so in its description
-            console.print(f"bikes: {b.source.describe()} -> {b.topic}{mode}", highlight=False, markup=False)
-    console.print(f"bikes: serving store {serving_path(s)}, lake {lake_path(s)}", highlight=False)
+    announce("bikes", made, s)  # an offline source says so in its description
     run_pipelines(made, duration_s=duration_s, quiet=quiet, workers=workers, join=join)
 
 

@@ -12,7 +12,7 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from affluent.apps.crypto import tables
-from affluent.cli.common import JoinOpt, WorkersOpt
+from affluent.cli.common import JoinOpt, WorkersOpt, announce
 from affluent.core.errors import AffluentError, ConfigError
 
 commands = typer.Typer(help="Crypto markets: CoinGecko snapshots, Binance trades, candles.", no_args_is_help=True)
@@ -48,7 +48,6 @@ def run_command(
     from affluent.apps.crypto.app import Endpoints, pipelines
     from affluent.cli.common import console, fail, settings
     from affluent.cli.main import run_pipelines
-    from affluent.config import lake_path, serving_path
 
     s = settings()
     if top is not None:
@@ -60,14 +59,11 @@ def run_command(
         made = pipelines(s, offline=offline or s.offline, endpoints=Endpoints(coingecko_url, binance_ws_url, binance_rest_url))
     except AffluentError as exc:
         fail(exc)
-    for p in made:
-        for b in p.sources:
-            console.print(f"crypto: {b.source.describe()} -> {b.topic}{'' if b.source.offline else ' (live)'}", highlight=False, markup=False)
-            if b.source.note:
-                console.print(f"crypto: {b.source.note}", highlight=False, markup=False)
+    announce("crypto", made, s)
+    for note in (b.source.note for p in made for b in p.sources if b.source.note):
+        console.print(f"crypto: {note}", highlight=False, markup=False)
     if offline or s.offline:
         console.print("crypto: the recordings hold 50 coins and 10 pairs: --top and --symbols apply to the live APIs", highlight=False, markup=False)
-    console.print(f"crypto: serving store {serving_path(s)}, lake {lake_path(s)}", highlight=False)
     run_pipelines(made, duration_s=duration_s, quiet=quiet, workers=workers, join=join)
 
 

@@ -53,7 +53,10 @@ def _coin(e: dict[str, Any]) -> str:
 def market_step(state: Any, e: dict[str, Any], _t: int) -> tuple[Any, list[Any]]:
     """State: the coin's latest row. A coin that left the top N keeps its last values, with in_top 0."""
     if "left" in e:
-        return (None, []) if state is None else ({**state, "in_top": 0}, [{**state, "in_top": 0, "snapshot_ms": e["snapshot_ms"]}])
+        if state is None:
+            return None, []
+        row = {**state, "in_top": 0, "snapshot_ms": e["snapshot_ms"]}
+        return row, [row]
     row = {**e, "in_top": 1}
     return row, [row]
 

@@ -16,7 +16,7 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from affluent.apps.jobs.app import Endpoints, has_credentials, load_referentials, make_client, pipelines
-from affluent.cli.common import JoinOpt, WorkersOpt
+from affluent.cli.common import JoinOpt, WorkersOpt, announce
 from affluent.core.clock import now_ms
 from affluent.core.errors import AffluentError, ConfigError
 from affluent.sources.france_travail import FranceTravailSource, api_time
@@ -77,9 +77,8 @@ def run_command(
     join: JoinOpt = False,
 ) -> None:
     """Every France Travail job offer: a backfill from --since, then a search every --interval-s; categorised and counted per territory."""
-    from affluent.cli.common import console, fail, settings
+    from affluent.cli.common import fail, settings
     from affluent.cli.main import run_pipelines
-    from affluent.config import lake_path, serving_path
 
     s = settings()
     if interval_s is not None:
@@ -92,13 +91,9 @@ def run_command(
         )
     except AffluentError as exc:
         fail(exc)
-    source: FranceTravailSource | None = None
-    for p in made:
-        for b in p.sources:
-            console.print(f"jobs: {b.source.describe()} -> {b.topic}{'' if b.source.offline else ' (live)'}", highlight=False, markup=False)
-            if isinstance(b.source, FranceTravailSource):
-                source = b.source
-    console.print(f"jobs: serving store {serving_path(s)}, lake {lake_path(s)}", highlight=False)
+    announce("jobs", made, s)
+    found = [b.source for p in made for b in p.sources if isinstance(b.source, FranceTravailSource)]
+    source = found[0] if found else None
     progress = (lambda: backfill_view(source)) if source is not None else None
     run_pipelines(made, duration_s=duration_s, quiet=quiet, progress=progress, workers=workers, join=join)
 

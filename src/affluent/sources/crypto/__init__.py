@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from affluent.sources.crypto.binance import BINANCE_REST_URL, BINANCE_WS_URL, DEFAULT_SYMBOLS, BinanceTradeSource, normalize_trade
+from affluent.sources.crypto.binance import BINANCE_REST_URL, BINANCE_WS_URL, BinanceTradeSource, normalize_trade
 from affluent.sources.crypto.coingecko import COINGECKO_URL, CoinGeckoSource, normalize_market
 
 __all__ = [
     "BINANCE_REST_URL",
     "BINANCE_WS_URL",
     "COINGECKO_URL",
-    "DEFAULT_SYMBOLS",
     "BinanceTradeSource",
     "CoinGeckoSource",
     "normalize_market",

@@ -35,14 +35,12 @@ from affluent.core.errors import ConfigError, SourceUnavailableError
 from affluent.core.records import Record
 from affluent.core.sources import Source, SourcePoll
 from affluent.sources.crypto.coingecko import number
-from affluent.sources.http import parse_retry_after
+from affluent.sources.http import json_body, parse_retry_after
 
 log = logging.getLogger("affluent.sources.crypto")
 
 BINANCE_WS_URL = "wss://stream.binance.com:9443"
 BINANCE_REST_URL = "https://api.binance.com"
-#: the default symbols: ten of the largest USDT pairs
-DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "DOGEUSDT", "ADAUSDT", "TRXUSDT", "AVAXUSDT", "LINKUSDT")
 #: historicalTrades gives at most this many trades a request
 REST_LIMIT = 1000
 #: a connection lives 24 h at Binance: renew it before
@@ -117,13 +115,13 @@ def rest_trade(symbol: str, t: dict[str, Any]) -> dict[str, Any]:
 
 
 class BinanceTradeSource(Source):
-    """Live trades of `symbols`; `connect(url)` opens a websocket (a test may hand its own)."""
+    """Live trades of `symbols` (BTCUSDT, ...), with the gaps of the stream filled over REST."""
 
     name = "binance-trades"
 
     def __init__(
         self,
-        symbols: Sequence[str] = DEFAULT_SYMBOLS,
+        symbols: Sequence[str],
         *,
         ws_url: str = BINANCE_WS_URL,
         rest_url: str = BINANCE_REST_URL,
@@ -214,12 +212,7 @@ class BinanceTradeSource(Source):
             wait = parse_retry_after(resp.headers.get("retry-after"))
             wait = 60.0 if wait is None else wait
             raise BinanceError(f"{what}: rate limited (HTTP {resp.status_code}); waiting {wait:g} s as asked", retry_after_s=wait)
-        if resp.status_code >= 400 or resp.content.lstrip()[:1] == b"<":
-            raise BinanceError(f"{what}: HTTP {resp.status_code}: {resp.content[:200].decode('utf-8', 'replace')}")
-        try:
-            rows = orjson.loads(resp.content)
-        except orjson.JSONDecodeError as exc:
-            raise BinanceError(f"{what}: invalid or truncated JSON ({exc})") from exc
+        rows = json_body(resp, what, BinanceError)
         if not isinstance(rows, list):
             raise BinanceError(f"{what}: not a list of trades: {resp.content[:200].decode('utf-8', 'replace')}")
         return rows

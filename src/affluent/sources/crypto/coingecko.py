@@ -38,7 +38,7 @@ from affluent.core.errors import SourceUnavailableError
 from affluent.core.records import Record
 from affluent.core.sources import Source, SourcePoll
 from affluent.sources.gbfs import parse_timestamp_ms
-from affluent.sources.http import parse_retry_after
+from affluent.sources.http import json_body, parse_retry_after
 
 log = logging.getLogger("affluent.sources.crypto")
 
@@ -197,17 +197,9 @@ class CoinGeckoSource(Source):
             self.rate_limited += 1
             self.not_before = time.monotonic() + wait
             raise CoinGeckoError(f"{what}: rate limited (HTTP 429); waiting {wait:g} s as asked", retry_after_s=wait)
-        body = resp.content
-        if body.lstrip()[:1] == b"<" or "html" in resp.headers.get("content-type", "").lower():
-            raise CoinGeckoError(f"{what} returned an HTML page (HTTP {resp.status_code}), not JSON: a maintenance or error page?")
-        if resp.status_code >= 400:
-            raise CoinGeckoError(f"{what}: HTTP {resp.status_code}: {body[:200].decode('utf-8', 'replace')}")
-        try:
-            doc = _loads(body)
-        except ValueError as exc:
-            raise CoinGeckoError(f"{what} returned invalid or truncated JSON ({len(body)} bytes: {exc})") from exc
+        doc = json_body(resp, what, CoinGeckoError, loads=_loads)
         if not isinstance(doc, list):
-            raise CoinGeckoError(f"{what} returned {type(doc).__name__}, not the markets array: {body[:200].decode('utf-8', 'replace')}")
+            raise CoinGeckoError(f"{what} returned {type(doc).__name__}, not the markets array: {resp.content[:200].decode('utf-8', 'replace')}")
         return doc
 
     def poll(self) -> SourcePoll:

@@ -25,7 +25,7 @@ import orjson
 from pydantic import SecretStr
 
 from affluent.core.errors import ConfigError, SourceUnavailableError
-from affluent.sources.http import parse_retry_after
+from affluent.sources.http import json_body, parse_retry_after
 
 log = logging.getLogger("affluent.sources.france_travail")
 
@@ -105,18 +105,6 @@ def parse_content_range(value: str | None) -> tuple[int, int, int] | None:
     return int(m.group(1)), int(m.group(2)), int(m.group(3))
 
 
-def _json(resp: httpx.Response, what: str) -> Any:
-    """The body as JSON, or FranceTravailError saying plainly what came instead."""
-    body = resp.content
-    ctype = resp.headers.get("content-type", "")
-    if body.lstrip()[:1] == b"<" or "html" in ctype.lower():
-        raise FranceTravailError(f"{what} returned an HTML page (HTTP {resp.status_code}), not JSON: a maintenance or error page?")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise FranceTravailError(f"{what} returned invalid or truncated JSON (HTTP {resp.status_code}, {len(body)} bytes: {exc})") from exc
-
-
 class FranceTravailClient:
     """Reads the Offres d'emploi API.
 
@@ -190,7 +178,7 @@ class FranceTravailClient:
                 retry_after_s=600.0,
             )
         self._raise_for_status(resp, "the token endpoint")
-        doc = _json(resp, "the token endpoint")
+        doc = json_body(resp, "the token endpoint", FranceTravailError)
         token = doc.get("access_token") if isinstance(doc, dict) else None
         if not isinstance(token, str) or not token:
             raise FranceTravailError("the token endpoint answered without an access_token")
@@ -245,7 +233,7 @@ class FranceTravailClient:
         resp = self.get("/v2/offres/search", {**params, "range": f"{first}-{last}"})
         if resp.status_code == 204:
             return Page([], first, first - 1, 0)
-        doc = _json(resp, "/v2/offres/search")
+        doc = json_body(resp, "/v2/offres/search", FranceTravailError)
         offers = doc.get("resultats") if isinstance(doc, dict) else None
         if not isinstance(offers, list):
             raise FranceTravailError("/v2/offres/search answered without a 'resultats' list")
@@ -259,7 +247,7 @@ class FranceTravailClient:
         resp = self.get(f"/v2/referentiel/{name}")
         if resp.status_code == 204:
             return []
-        doc = _json(resp, f"/v2/referentiel/{name}")
+        doc = json_body(resp, f"/v2/referentiel/{name}", FranceTravailError)
         if not isinstance(doc, list):
             raise FranceTravailError(f"/v2/referentiel/{name} is not a list")
         return [d for d in doc if isinstance(d, dict)]
