@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from affluent.core import sqlite_log
 from affluent.core.aggregates import Count, Max, Sum
 from affluent.core.errors import ConfigError, LogCorruptError, LogError, LogFullError, UnknownTopicError
 from affluent.core.log import OutgoingBatch, TopicConfig, open_log
@@ -130,7 +133,7 @@ def test_a_log_of_another_schema_version_is_refused(tmp_path: Path) -> None:
     conn.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
     conn.commit()
     conn.close()
-    with pytest.raises(LogError, match=r"log schema version 99, this affluent reads 1") as err:
+    with pytest.raises(LogError, match=r"log schema version 99, this affluent reads 2 \(and 1\): a newer affluent wrote it; upgrade") as err:
         SQLiteLog(path)
     assert str(path) in str(err.value)
 
@@ -138,18 +141,39 @@ def test_a_log_of_another_schema_version_is_refused(tmp_path: Path) -> None:
 # -- a full disk ------------------------------------------------------------------------------------------------------------------
 
 
-def _fill_limit(log: SQLiteLog) -> None:
-    """Let the database grow no more (what a full disk does)."""
-    conn = log._conn()
-    (pages,) = conn.execute("PRAGMA page_count").fetchone()
-    conn.execute(f"PRAGMA max_page_count={pages}")
+class FullDisk:
+    """A disk with no space left, for the log's two files: SQLite's grows no more (its page limit) and a
+    segment file takes the bytes that fit, then the write fails with ENOSPC, as the kernel does."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.full = False
+        real = sqlite_log._write_at
+
+        def write_at(fd: int, blobs: Any, position: int) -> None:
+            if not self.full:
+                return real(fd, blobs, position)
+            os.pwrite(fd, bytes(blobs[0])[:100], position)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(sqlite_log, "_write_at", write_at)
+
+    def fill(self, log: SQLiteLog) -> None:
+        self.full = True
+        conn = log._conn()
+        (pages,) = conn.execute("PRAGMA page_count").fetchone()
+        conn.execute(f"PRAGMA max_page_count={pages}")
+
+    def free(self, log: SQLiteLog) -> None:
+        self.full = False
+        log._conn().execute("PRAGMA max_page_count=1073741823")
 
 
-def test_disk_full_raises_log_full_and_loses_nothing(log: SQLiteLog) -> None:
+def test_disk_full_raises_log_full_and_loses_nothing(log: SQLiteLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = FullDisk(monkeypatch)
     log.create_topic("t")
     log.append("t", [Record(value={"i": i}, key=f"k{i}") for i in range(100)])
     log.commit("g", {("t", 0): 40})
-    _fill_limit(log)
+    disk.fill(log)
     big = [Record(value={"i": 100 + i, "pad": "x" * 2000}) for i in range(200)]
     with pytest.raises(LogFullError) as err:
         log.append("t", big)
@@ -158,16 +182,17 @@ def test_disk_full_raises_log_full_and_loses_nothing(log: SQLiteLog) -> None:
     assert [r.value["i"] for r in log.iter_records("t", 0, 0)] == list(range(100))
     assert log.describe_topic("t").partitions[0].end_offset == 100
     assert log.committed("g", "t") == {0: 40}
-    # space again: appends go on at the right offset
-    log._conn().execute("PRAGMA max_page_count=1073741823")
+    # space again: appends go on at the right offset, over the bytes the failed one left
+    disk.free(log)
     assert log.append("t", big) == {0: (100, 200)}
-    assert len(list(log.iter_records("t", 0, 0))) == 300
+    assert [r.value["i"] for r in log.iter_records("t", 0, 0)] == list(range(300))
     assert SQLiteLog(log.path).describe_topic("t").records == 300
 
 
-def test_a_pipeline_retries_a_full_disk_and_commits_exactly_once(log: SQLiteLog) -> None:
+def test_a_pipeline_retries_a_full_disk_and_commits_exactly_once(log: SQLiteLog, monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
+    disk = FullDisk(monkeypatch)
     log.create_topic("in")
     log.append("in", [Record(value={"i": i, "pad": "y" * 3000}) for i in range(30)])
     calls = {"n": 0}
@@ -176,11 +201,11 @@ def test_a_pipeline_retries_a_full_disk_and_commits_exactly_once(log: SQLiteLog)
         if v["i"] != 0:
             return
         calls["n"] += 1
-        conn = log._conn()  # the task's own connection: this runs in its thread
+        # the task's own connection: this runs in its thread
         if calls["n"] == 1:
-            _fill_limit(log)
+            disk.fill(log)
         else:
-            conn.execute("PRAGMA max_page_count=1073741823")
+            disk.free(log)
 
     p = Pipeline("p", commit_interval_ms=0)
     p.topic("in").inspect(fill_then_free, name="disk").map(lambda v: {**v, "out": True}).to_topic("out")

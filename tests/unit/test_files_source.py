@@ -44,6 +44,7 @@ def test_every_line_is_read_and_bad_lines_are_dead_letters_with_their_reason(tmp
     lines[10] = b'{"k": "a", "t": '  # cut short
     lines[20] = b"1,2"  # two values on one line
     lines[30] = b'{"k":"b","t":30}\r'  # a CRLF line: its value is good
+    lines[40] = orjson.dumps({"k": "a", "t": 40, "pad": "x" * 300})  # longer than a chunk
     path = tmp_path / "events.jsonl"
     # chunks of 64 bytes: lines cross chunk ends, and the last line has no newline
     path.write_bytes(b"\n".join(lines[:50]) + b"\n\n" + b"\n".join(lines[50:]))

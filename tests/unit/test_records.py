@@ -250,9 +250,18 @@ def _read_all(log: SQLiteLog, how: str, topic: str, partition: int, offset: int)
 
 
 def _damage(log: SQLiteLog, base_offset: int, fn: object) -> None:
+    """Rewrite the stored bytes of one batch in its segment file (the file ends where they end)."""
     conn = log._conn()
-    (bid, blob) = conn.execute("SELECT id, data FROM batches WHERE base_offset=?", (base_offset,)).fetchone()
-    conn.execute("UPDATE batches SET data=? WHERE id=?", (fn(blob), bid))  # type: ignore[operator]
+    (topic_id, partition, segment, position, size) = conn.execute(
+        "SELECT topic_id, partition, segment, position, size FROM batches WHERE base_offset=?", (base_offset,)
+    ).fetchone()
+    path = log.segments.path(topic_id, partition, segment)
+    with path.open("r+b") as f:
+        f.seek(position)
+        damaged = fn(f.read(size))  # type: ignore[operator]
+        f.seek(position)
+        f.write(damaged)
+        f.truncate()
 
 
 @pytest.mark.parametrize("how", READERS)

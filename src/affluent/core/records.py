@@ -166,7 +166,19 @@ def encode_batch(
     *,
     checked: bool = True,
 ) -> bytes:
-    """Pack already-serialised values with their keys, times and headers into one blob.
+    """Pack already-serialised values with their keys, times and headers into one blob (see `batch_parts`)."""
+    return b"".join(batch_parts(raw_values, timestamps, keys, headers, checked=checked))
+
+
+def batch_parts(
+    raw_values: Sequence[bytes],
+    timestamps: Sequence[int],
+    keys: Sequence[str | None] | None = None,
+    headers: Sequence[Headers | None] | None = None,
+    *,
+    checked: bool = True,
+) -> list[bytes]:
+    """The blob of a batch as the parts to write one after another (joining them would copy the values once more).
 
     checked: affluent encoded the values, so each is one valid JSON value. Values from outside (raw
     lines, produced bytes) are checked here, on the very bytes stored; when one is not valid JSON the
@@ -176,7 +188,7 @@ def encode_batch(
     if len(timestamps) != count:
         raise ValueError("timestamps and values differ in length")
     lengths = array("I", map(len, raw_values))
-    section = b"".join((b"[", b",".join(raw_values), b"]"))
+    section = _json_array(raw_values)
     flags = 0 if checked or _each_one_value(section, raw_values, lengths) else FLAG_SPLIT
     keys_blob = b""
     if keys is not None and (keys if type(keys) is list else list(keys)).count(None) != count:
@@ -188,10 +200,21 @@ def encode_batch(
         headers_blob = orjson.dumps(list(headers))
     times = array("q", timestamps).tobytes()
     head = _HEADER.pack(MAGIC, flags, count, 0, len(keys_blob), len(headers_blob))
+    parts = [head[16:], times, lengths.tobytes(), keys_blob, headers_blob, section]
     crc = zlib.crc32(head[:12])
-    for part in (head[16:], times, lengths, keys_blob, headers_blob, section):
+    for part in parts:
         crc = zlib.crc32(part, crc)
-    return b"".join((head[:12], struct.pack("<I", crc), head[16:], times, lengths, keys_blob, headers_blob, section))
+    return [head[:12], struct.pack("<I", crc), *parts]
+
+
+def _json_array(values: Sequence[bytes]) -> bytes:
+    """b"[v0,v1,...]" in one copy of the values."""
+    if not values:
+        return _EMPTY_ARRAY
+    edged = list(values)
+    edged[0] = b"[" + edged[0]
+    edged[-1] = edged[-1] + b"]"
+    return b",".join(edged)
 
 
 _RAW_ARRAY = msgspec.json.Decoder(list[msgspec.Raw])

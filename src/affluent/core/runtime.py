@@ -19,6 +19,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -489,10 +490,13 @@ class PipelineTask:
         if len(batches) == 1:
             root.process(batches[0], self.ctx)
             return
-        offsets: list[int] = []
-        for b in batches:
-            offsets.extend(b.offsets)
-        merged = Batch([k for b in batches for k in b.keys], [v for b in batches for v in b.values], [t for b in batches for t in b.timestamps], offsets)
+        join = chain.from_iterable
+        merged = Batch(
+            list(join(b.keys for b in batches)),
+            list(join(b.values for b in batches)),
+            list(join(b.timestamps for b in batches)),
+            list(join(b.offsets for b in batches)),
+        )
         root.process(merged, self.ctx)
 
     def caught_up(self) -> bool:

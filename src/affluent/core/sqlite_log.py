@@ -1,18 +1,26 @@
-"""The embedded log: one SQLite file holds topics, record batches, group offsets, keyed state and leases.
+"""The embedded log: one SQLite file indexes topics, record batches, group offsets, keyed state and leases.
 
-Everything a checkpoint commits lives in this one file, because SQLite does not make a
-transaction atomic across ATTACHed databases. WAL mode lets readers run beside the one writer;
-SQLite's own lock enforces that there is one writer at a time, across processes, and leases
-enforce that one pipeline runs in one process at a time.
+The bytes of record batches live in segment files beside it (`<log>-segments/<topic id>-<partition>/`),
+written once; SQLite keeps where each batch is (segment, position, size) in the same transaction
+as the offsets and state of a checkpoint. A batch is written into its segment before that
+transaction commits, at the end the index gives, so an append that rolls back (or a process
+killed mid-write) leaves bytes no index row points to, which the next append overwrites.
+WAL mode lets readers run beside the one writer; SQLite's own lock enforces that there is one
+writer at a time, across processes, and leases enforce that one pipeline runs in one process at a time.
+
+Logs of schema version 1 kept batches inside SQLite; they are read as they are, and new batches go
+to segments.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import itertools
 import logging
 import os
+import shutil
 import socket
 import sqlite3
 import threading
@@ -51,16 +59,20 @@ from affluent.core.log import (
     serialise_values,
     spread,
 )
-from affluent.core.records import Record, RecordBatch, ValueDecoder, decode_batch, decode_chunks, encode_batch
+from affluent.core.records import Record, RecordBatch, ValueDecoder, batch_parts, decode_batch, decode_chunks
 
 log = logging.getLogger("affluent.log")
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 MAX_BATCH_RECORDS = 8192
 MAX_BATCH_BYTES = 1 << 20
 #: a worker whose heartbeat is older than this is not listed among a group's live workers
 MEMBER_SESSION_MS = 10_000
-#: after this many bytes appended, a background thread copies the write-ahead log into the log file
+#: a segment file takes no more batches once it holds this many bytes
+SEGMENT_BYTES = 64 << 20
+#: nor once its first batch is this old, so that time-based retention frees disk space
+SEGMENT_MS = 6 * 3_600_000
+#: a write-ahead log this big is copied into the log file by a background thread
 WAL_CHECKPOINT_BYTES = 64 << 20
 #: a write-ahead log larger than this is checkpointed by the appending thread itself
 WAL_MAX_BYTES = 1 << 30
@@ -81,9 +93,10 @@ CREATE TABLE IF NOT EXISTS partitions (
 CREATE TABLE IF NOT EXISTS batches (
     id INTEGER PRIMARY KEY, topic_id INTEGER NOT NULL, partition INTEGER NOT NULL,
     base_offset INTEGER NOT NULL, count INTEGER NOT NULL, min_ts INTEGER NOT NULL,
-    max_ts INTEGER NOT NULL, append_ms INTEGER NOT NULL, size INTEGER NOT NULL, data BLOB NOT NULL);
+    max_ts INTEGER NOT NULL, append_ms INTEGER NOT NULL, size INTEGER NOT NULL, data BLOB NOT NULL,
+    segment INTEGER, position INTEGER);
 CREATE UNIQUE INDEX IF NOT EXISTS batches_position ON batches (topic_id, partition, base_offset);
--- retention reads these instead of every batch (the data blobs share the table's pages)
+-- retention reads these instead of every batch (the data blobs of version 1 share the table's pages)
 CREATE INDEX IF NOT EXISTS batches_age ON batches (topic_id, partition, append_ms, count);
 CREATE INDEX IF NOT EXISTS batches_sizes ON batches (topic_id, partition, base_offset, size, count);
 CREATE TABLE IF NOT EXISTS group_offsets (
@@ -120,8 +133,8 @@ class SQLiteLog(Log):
         self._local = threading.local()
         self._topics: dict[str, tuple[int, TopicConfig]] = {}
         self._topics_lock = threading.Lock()
-        self._checkpointer = _Checkpointer(self.path)
-        self._appended = 0  # bytes appended since the write-ahead log's size was last looked at
+        self.segments = _Segments(self.path.with_name(self.path.name + "-segments"), fsync=self._synchronous == "FULL")
+        self._checkpointer = _Checkpointer(self.path, before=self.segments.sync)
         self._writes = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._errors("opening"):
@@ -129,8 +142,24 @@ class SQLiteLog(Log):
             conn.executescript(_SCHEMA)
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
             (version,) = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if version == "1":
+            version = self._upgrade_from_1()
         if version != SCHEMA_VERSION:
-            raise LogError(f"{self.path}: log schema version {version}, this affluent reads {SCHEMA_VERSION}")
+            raise LogError(
+                f"{self.path}: log schema version {version}, this affluent reads {SCHEMA_VERSION} (and 1): "
+                "a newer affluent wrote it; upgrade with `pip install -U affluent`"
+            )
+
+    def _upgrade_from_1(self) -> str:
+        """Version 1 kept batches inside SQLite: they stay there and read as before; new ones go to segments."""
+        with self._write("upgrading") as conn:
+            (version,) = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if version == "1":  # not done meanwhile by another process
+                conn.execute("ALTER TABLE batches ADD COLUMN segment INTEGER")
+                conn.execute("ALTER TABLE batches ADD COLUMN position INTEGER")
+                conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (SCHEMA_VERSION,))
+        log.info("%s: upgraded the log from schema version 1 to %s (stored batches are kept as they are)", self.path, SCHEMA_VERSION)
+        return SCHEMA_VERSION
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLiteLog:
@@ -173,6 +202,11 @@ class SQLiteLog(Log):
             if "not a database" in msg or "malformed" in msg or "corrupt" in msg:
                 raise LogCorruptError(f"{where}: the file is damaged or is not an affluent log ({msg})") from exc
             raise LogError(f"{where}: {msg}") from exc
+        except OSError as exc:  # a segment file
+            where = f"{doing} the log {self.path}"
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise LogFullError(f"{where}: the disk is full; the write was rolled back, nothing committed was lost") from exc
+            raise LogUnavailableError(f"{where}: segment file {exc.filename or ''} cannot be used ({exc.strerror}); nothing committed was lost") from exc
 
     @contextlib.contextmanager
     def _write(self, doing: str) -> Iterator[sqlite3.Connection]:
@@ -192,8 +226,11 @@ class SQLiteLog(Log):
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
+            with contextlib.suppress(OSError):  # what the last connection checkpoints is on disk first
+                self.segments.sync()
             conn.close()
             self._local.conn = None
+        self.segments.close_readers()
         self._checkpointer.stop()
 
     # -- topics -------------------------------------------------------------------------------------
@@ -239,6 +276,7 @@ class SQLiteLog(Log):
             for table in ("batches", "partitions", "group_offsets"):
                 conn.execute(f"DELETE FROM {table} WHERE topic_id=?", (topic_id,))
             conn.execute("DELETE FROM topics WHERE id=?", (topic_id,))
+        self.segments.drop_topic(topic_id)  # ids are never reused: no append can write there any more
         with self._topics_lock:
             self._topics.pop(name, None)
 
@@ -300,35 +338,55 @@ class SQLiteLog(Log):
             if row is None:
                 raise UnknownTopicError(topic)
             first = offset = row[0]
+            segment, position = self._segment_end(conn, topic_id, p, offset, now)
             whole = isinstance(idx, range) and len(idx) == len(raw)
             vals = raw if whole else [raw[i] for i in idx]
             times = batch.timestamps if whole else [batch.timestamps[i] for i in idx]
             keys = batch.keys if whole else [batch.keys[i] for i in idx]
             hdrs = batch.headers if (whole or batch.headers is None) else [batch.headers[i] for i in idx]
             rows = []
+            blobs: list[list[bytes]] = []
             for start, stop in _chunks(vals):
+                if position >= SEGMENT_BYTES:
+                    segment, position = offset, 0
                 ts = times[start:stop]
-                blob = encode_batch(vals[start:stop], ts, keys[start:stop], hdrs[start:stop] if hdrs else None, checked=checked)
-                rows.append((topic_id, p, offset, stop - start, min(ts), max(ts), now, len(blob), blob))
+                parts = batch_parts(vals[start:stop], ts, keys[start:stop], hdrs[start:stop] if hdrs else None, checked=checked)
+                size = sum(map(len, parts))
+                rows.append((topic_id, p, offset, stop - start, min(ts), max(ts), now, size, b"", segment, position))
+                blobs.append(parts)
                 offset += stop - start
+                position += size
+            self.segments.write(topic_id, p, [(r[9], r[10]) for r in rows], blobs)
             conn.executemany(
-                "INSERT INTO batches (topic_id, partition, base_offset, count, min_ts, max_ts, append_ms, size, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO batches (topic_id, partition, base_offset, count, min_ts, max_ts, append_ms, size, data, segment, position) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             conn.execute("UPDATE partitions SET end_offset=? WHERE topic_id=? AND partition=?", (offset, topic_id, p))
             result[p] = (first, offset - first)
-            self._appended += sum(r[7] for r in rows)
         return result
 
+    def _segment_end(self, conn: sqlite3.Connection, topic_id: int, partition: int, offset: int, now: int) -> tuple[int, int]:
+        """(segment, position) where the partition's next batch goes: after its last batch, or a new segment
+        named by `offset` when that one is full or old (or a batch of version 1, or none, came last)."""
+        row = conn.execute(
+            "SELECT segment, position + size FROM batches WHERE topic_id=? AND partition=? ORDER BY base_offset DESC LIMIT 1", (topic_id, partition)
+        ).fetchone()
+        if row is None or row[0] is None or row[1] >= SEGMENT_BYTES:
+            return offset, 0
+        started = conn.execute("SELECT append_ms FROM batches WHERE topic_id=? AND partition=? AND base_offset=?", (topic_id, partition, row[0])).fetchone()
+        if started is None or now - started[0] >= SEGMENT_MS:
+            return offset, 0
+        return row[0], row[1]
+
     def _after_write(self, conn: sqlite3.Connection) -> None:
-        """Keep the write-ahead log short. Past WAL_CHECKPOINT_BYTES appended (or every CHECK_EVERY
-        writes, for state and deletes), a large log is copied into the file by a background thread.
-        While appends come without a pause none of them can complete, so past WAL_MAX_BYTES this thread
-        waits for one: the next write then starts the write-ahead log over."""
+        """Keep the write-ahead log short. Every CHECK_EVERY writes, a log past WAL_CHECKPOINT_BYTES is
+        copied into the file by a background thread. While writes come without a pause none of them can
+        complete, so past WAL_MAX_BYTES this thread waits for one: the next write then starts the
+        write-ahead log over."""
         self._writes += 1
-        if self._appended < WAL_CHECKPOINT_BYTES and self._writes % CHECK_EVERY:
+        if self._writes % CHECK_EVERY:
             return
-        self._appended = 0
         try:
             size = os.stat(f"{self.path}-wal").st_size
         except OSError:
@@ -348,7 +406,7 @@ class SQLiteLog(Log):
         seen = 0
         with self._errors(f"reading topic {topic!r} partition {partition} from"):
             cur = conn.execute(
-                "SELECT base_offset, count, data FROM batches WHERE topic_id=? AND partition=? AND base_offset >= "
+                f"SELECT base_offset, count, {_WHERE} FROM batches WHERE topic_id=? AND partition=? AND base_offset >= "
                 "(SELECT coalesce(max(base_offset), 0) FROM batches WHERE topic_id=? AND partition=? AND base_offset <= ?) "
                 "ORDER BY base_offset",
                 (topic_id, partition, topic_id, partition, offset),
@@ -357,9 +415,12 @@ class SQLiteLog(Log):
             if not rows and self._topic_moved(topic, topic_id):
                 cur.close()
                 return self.read(topic, partition, offset, max_records=max_records)
-            for base, count, blob in itertools.chain(rows, cur):
+            for base, count, *where in itertools.chain(rows, cur):
                 if base + count <= offset:
                     continue
+                blob = self._blob(topic, topic_id, partition, base, *where)
+                if blob is None:  # dropped by retention since the query
+                    break
                 b = decode_batch(blob, topic=topic, partition=partition, base_offset=base, value_format=config.value_format)
                 out.append(b.tail_from(offset))
                 seen += len(out[-1])
@@ -380,21 +441,39 @@ class SQLiteLog(Log):
             # MAX_BATCH_RECORDS records, which bounds the index range to scan.
             with self._errors(f"reading topic {topic!r} partition {partition} from"):
                 row = conn.execute(
-                    "SELECT base_offset, count, data FROM batches WHERE topic_id=? AND partition=? AND base_offset > ? "
+                    f"SELECT base_offset, count, {_WHERE} FROM batches WHERE topic_id=? AND partition=? AND base_offset > ? "
                     "AND base_offset + count > ? ORDER BY base_offset LIMIT 1",
                     (topic_id, partition, offset - MAX_BATCH_RECORDS, offset),
                 ).fetchone()
-            if row is None:
+                blob = None if row is None else self._blob(topic, topic_id, partition, row[0], *row[2:])
+            if row is None or blob is None:
                 if seen == 0 and self._topic_moved(topic, topic_id):
                     yield from self.iter_batches(topic, partition, offset, max_records=max_records, decoder=decoder)
                 return
-            base, count, blob = row
+            base, count = row[0], row[1]
             for b in decode_chunks(
                 blob, topic=topic, partition=partition, base_offset=base, start_offset=offset, value_format=config.value_format, decoder=decoder
             ):
                 yield b
                 seen += len(b)
             offset = base + count
+
+    def _blob(self, topic: str, topic_id: int, partition: int, base: int, segment: int | None, position: int, size: int, data: bytes) -> bytes | None:
+        """A stored batch's bytes; None when its segment is gone (retention or a topic deletion since the query)."""
+        if segment is None:  # stored by schema version 1
+            return data
+        blob = self.segments.read(topic_id, partition, segment, position, size)
+        if blob is None:
+            gone = self._conn().execute("SELECT 1 FROM batches WHERE topic_id=? AND partition=? AND base_offset=?", (topic_id, partition, base)).fetchone()
+            if gone is None:
+                return None
+            raise LogCorruptError(f"the log {self.path}: topic {topic!r} partition {partition} batch at offset {base}: its segment file is missing")
+        if len(blob) < size:
+            raise LogCorruptError(
+                f"the log {self.path}: topic {topic!r} partition {partition} batch at offset {base} is cut short "
+                f"({len(blob)} of {size} bytes in its segment file)"
+            )
+        return blob
 
     def _topic_moved(self, topic: str, topic_id: int) -> bool:
         """True when another client deleted and recreated `topic` since we cached its id."""
@@ -538,6 +617,7 @@ class SQLiteLog(Log):
     def enforce_retention(self, at_ms: int | None = None) -> int:
         now = at_ms if at_ms is not None else now_ms()
         dropped = 0
+        freed: list[tuple[int, int]] = []
         with self._errors("listing topics of"):
             topics = self._conn().execute("SELECT id, name, config FROM topics").fetchall()
         for topic_id, _name, cfg in topics:
@@ -577,7 +657,17 @@ class SQLiteLog(Log):
                         "WHERE topic_id=? AND partition=?",
                         (topic_id, p, topic_id, p),
                     )
+                    freed.append((topic_id, p))
+        for topic_id, p in freed:
+            self._free_segments(topic_id, p)
         return dropped
+
+    def _free_segments(self, topic_id: int, partition: int) -> None:
+        """Delete the partition's segment files no batch points to. Under the write lock no append is
+        between writing a segment and committing its index, so a file not in the index is not in use."""
+        with self._write("freeing segments of") as conn:
+            used = {s for (s,) in conn.execute("SELECT DISTINCT segment FROM batches WHERE topic_id=? AND partition=?", (topic_id, partition))}
+            self.segments.delete_unused(topic_id, partition, used)
 
 
 def _check_owned(conn: sqlite3.Connection, group: str, member: str, partitions: frozenset[TP]) -> None:
@@ -662,8 +752,9 @@ class _Checkpointer:
     #: appends are taken to have paused when the write-ahead log was not written for this long
     PAUSE_S = 0.25
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, before: Callable[[], None]) -> None:
         self.path = path
+        self._before = before
         self._wanted = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -694,8 +785,9 @@ class _Checkpointer:
                     self._wanted.clear()
                 self._await_pause()
                 try:
+                    self._before()
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error as exc:  # a full disk: the write-ahead log keeps it all, and the next one retries
+                except (sqlite3.Error, OSError) as exc:  # a full disk: the write-ahead log keeps it all, and the next one retries
                     log.debug("background checkpoint of %s: %s", self.path, exc)
         finally:
             conn.close()
@@ -711,6 +803,115 @@ class _Checkpointer:
                 return
             last = st.st_mtime_ns
             time.sleep(self.PAUSE_S)
+
+
+_WHERE = "segment, position, size, data"  # where a stored batch's bytes are
+
+
+class _Segments:
+    """The segment files of the log's partitions: `<folder>/<topic id>-<partition>/<first offset>.seg`.
+
+    Writes happen inside the log's write transaction, at positions its index gives. Each reading
+    thread keeps the file it last read of each partition open: it reads on after a segment is deleted
+    (retention), and lets it go when it moves on.
+    """
+
+    def __init__(self, folder: Path, *, fsync: bool) -> None:
+        self.folder = folder
+        self.fsync = fsync
+        self._local = threading.local()
+        self._dirty: set[Path] = set()  # written since their last sync
+        self._lock = threading.Lock()
+
+    def path(self, topic_id: int, partition: int, segment: int) -> Path:
+        return self.folder / f"{topic_id}-{partition}" / f"{segment:020d}.seg"
+
+    def write(self, topic_id: int, partition: int, places: Sequence[tuple[int, int]], blobs: Sequence[Sequence[bytes]]) -> None:
+        """Write each blob (its parts) at its (segment, position); the blobs of one segment go in one system call."""
+        i = 0
+        while i < len(blobs):
+            segment, position = places[i]
+            j = i + 1
+            while j < len(blobs) and places[j][0] == segment:
+                j += 1
+            path = self.path(topic_id, partition, segment)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                _write_at(fd, [part for parts in blobs[i:j] for part in parts], position)
+                if self.fsync:
+                    os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            if not self.fsync:
+                with self._lock:
+                    self._dirty.add(path)
+            i = j
+
+    def read(self, topic_id: int, partition: int, segment: int, position: int, size: int) -> bytes | None:
+        """`size` bytes at `position` (fewer when the file was cut short); None when the file is gone."""
+        files: dict[tuple[int, int], tuple[int, Any]] | None = getattr(self._local, "files", None)
+        if files is None:
+            files = self._local.files = {}
+        held = files.get((topic_id, partition))
+        if held is None or held[0] != segment:
+            if held is not None:
+                held[1].close()
+                del files[(topic_id, partition)]
+            try:
+                f = open(self.path(topic_id, partition, segment), "rb", buffering=0)  # noqa: SIM115 - kept open between reads
+            except FileNotFoundError:
+                return None
+            held = files[(topic_id, partition)] = (segment, f)
+        return os.pread(held[1].fileno(), size, position)
+
+    def sync(self) -> None:
+        """Flush what was written to disk (before SQLite makes the index that points to it durable)."""
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+        for path in dirty:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+
+    def close_readers(self) -> None:
+        for _, f in getattr(self._local, "files", {}).values():
+            f.close()
+        self._local.files = {}
+
+    def delete_unused(self, topic_id: int, partition: int, used: set[int | None]) -> None:
+        folder = self.folder / f"{topic_id}-{partition}"
+        with contextlib.suppress(FileNotFoundError):
+            for f in folder.iterdir():
+                if f.suffix == ".seg" and int(f.stem) not in used:
+                    f.unlink(missing_ok=True)
+
+    def drop_topic(self, topic_id: int) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            for folder in self.folder.iterdir():
+                if folder.name.split("-")[0] == str(topic_id):
+                    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write_at(fd: int, blobs: Sequence[bytes], position: int) -> None:
+    """Write the blobs one after another from `position`, whatever the system call takes at a time."""
+    buffers = [memoryview(b) for b in blobs]
+    while buffers:
+        n = os.pwritev(fd, buffers[:512], position)  # at most IOV_MAX buffers a call
+        position += n
+        while buffers and n >= len(buffers[0]):
+            n -= len(buffers[0])
+            buffers.pop(0)
+        if buffers and n:
+            buffers[0] = buffers[0][n:]
 
 
 def _chunks(values: Sequence[bytes]) -> list[tuple[int, int]]:

@@ -53,22 +53,22 @@ class JsonLinesSource(Source):
     def poll(self) -> SourcePoll:
         assert self._file is not None, "open() first"
         block = self._file.read(self.chunk_bytes)
-        if len(block) == self.chunk_bytes:
-            end = block.rfind(b"\n") + 1
-            if end == 0:  # a line longer than a chunk: read on to its end
-                block += self._file.readline()
-                end = len(block)
-            self._file.seek(self._position + end)
-            block = block[:end]
-        self._position += len(block)
+        full = len(block) == self.chunk_bytes
+        if full and b"\n" not in block:  # a line longer than a chunk: read on to its end
+            block += self._file.readline()
+            full = False
         lines = block.split(b"\n")
-        if lines and not lines[-1]:
-            lines.pop()
+        cut = lines.pop() if lines else b""  # after the last newline: a line cut by the chunk's end, read again next time
+        if full and cut:
+            self._file.seek(self._position + len(block) - len(cut))
+        elif cut:
+            lines.append(cut)  # the file's last line, with no newline
+        self._position += len(block) - (len(cut) if full else 0)
         if b"\r" in block:
             lines = [line.removesuffix(b"\r") for line in lines]
         if b"" in lines:
             lines = [line for line in lines if line]
-        return SourcePoll(raw=lines, position=self._position, done=len(block) < self.chunk_bytes and not lines)
+        return SourcePoll(raw=lines, position=self._position, done=not full and not lines)
 
     def close(self) -> None:
         if self._file is not None:
