@@ -21,7 +21,7 @@ from affluent.core.runtime import Runtime
 from affluent.core.sqlite_log import SQLiteLog
 from affluent.sinks.serving import read_serving
 from affluent.sources.crypto import BinanceTradeSource, CoinGeckoSource
-from affluent.testing import read_topic
+from affluent.testing import read_topic, run_runtime_until
 
 T0 = 1_773_129_600_000  # 2026-03-10T08:00:00Z
 MINUTE = 60_000
@@ -42,17 +42,7 @@ class CryptoRun:
         rt = Runtime(self.log, metrics=self.metrics)
         for p in self.pipelines:
             rt.add(p)
-        rt.start()
-        deadline = time.monotonic() + timeout_s
-        try:
-            while not (until() and self._caught_up(rt)):
-                if rt.errors:
-                    raise rt.errors[0]
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"not done in {timeout_s} s: {rt.status()}")
-                time.sleep(0.1)
-        finally:
-            rt.stop()
+        run_runtime_until(rt, lambda: until() and self._caught_up(rt), timeout_s=timeout_s)
 
     def _caught_up(self, rt: Runtime) -> bool:
         """Every pipeline has read all of its input (the live sources never say they are done)."""

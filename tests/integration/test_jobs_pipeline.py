@@ -8,7 +8,6 @@ mid-backfill, under 429s, and after a SIGKILL mid-backfill and a restart (test_j
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from affluent.core.runtime import Runtime
 from affluent.core.sqlite_log import SQLiteLog
 from affluent.sinks.serving import read_serving
 from affluent.sources.france_travail import FranceTravailClient, FranceTravailSource, Referentials, paris_day
-from affluent.testing import read_topic
+from affluent.testing import read_topic, run_runtime_until
 
 MINUTE_MS = 60_000
 GRANDS_DOMAINES = set("ABCDEFGHIJKLMN")
@@ -57,22 +56,13 @@ class JobsRun:
         rt = Runtime(self.log, metrics=self.metrics)
         for p in self.pipelines:
             rt.add(p)
-        rt.start()
-        deadline = time.monotonic() + timeout_s
-        try:
-            while True:
-                if rt.errors:
-                    raise rt.errors[0]
-                if during is not None:
-                    during()
-                if self.source.backfilled and (until is None or until()) and self._appended(rt) and self._caught_up():
-                    break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"not backfilled in {timeout_s} s: {self.source.windows_done} windows, {self.source.offers} offers, {rt.status()}")
-                time.sleep(0.1)
-        finally:
-            rt.stop()
-        return rt
+        return run_runtime_until(
+            rt,
+            lambda: self.source.backfilled and (until is None or until()) and self._appended(rt) and self._caught_up(),
+            timeout_s=timeout_s,
+            during=during,
+            what=lambda: f"not backfilled: {self.source.windows_done} windows, {self.source.offers} offers",
+        )
 
     def _appended(self, rt: Runtime) -> bool:
         """The source's last poll is in the log (it counts its offers before the runtime appends them)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from affluent.core.sinks import Sink
 from affluent.core.sources import Source, SourcePoll
 from affluent.core.sqlite_log import SQLiteLog
 
-__all__ = ["ListSink", "ListSource", "read_topic", "run_for", "run_until", "temp_log"]
+__all__ = ["ListSink", "ListSource", "read_topic", "run_for", "run_runtime_until", "run_until", "temp_log"]
 
 
 def temp_log(folder: Path) -> SQLiteLog:
@@ -109,20 +109,40 @@ def run_until(
     rt = Runtime(log, metrics=metrics or Metrics())
     for p in pipeline if isinstance(pipeline, list) else [pipeline]:
         rt.add(p)
+    run_runtime_until(
+        rt, lambda: _count(log, topic) >= count, timeout_s=timeout_s, what=lambda: f"{topic!r} holds {_count(log, topic)} records, expected {count}"
+    )
+    return read_topic(log, topic)
+
+
+def run_runtime_until(
+    rt: Runtime,
+    until: Callable[[], bool],
+    *,
+    timeout_s: float = 30.0,
+    during: Callable[[], None] | None = None,
+    what: Callable[[], str] = lambda: "the condition does not hold",
+) -> Runtime:
+    """Start `rt`, wait until `until()` holds (calling `during()` at each look), then stop it.
+
+    The first error of a task is raised; after `timeout_s`, a TimeoutError says `what()` and the status.
+    """
     rt.start()
     deadline = time.monotonic() + timeout_s
     try:
-        while _count(log, topic) < count:
+        while not until():
             if rt.errors:
                 raise rt.errors[0]
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic!r} holds {_count(log, topic)} records after {timeout_s} s, expected {count}; status: {rt.status()}")
+                raise TimeoutError(f"after {timeout_s} s {what()}; status: {rt.status()}")
+            if during is not None:
+                during()
             time.sleep(0.02)
     finally:
         rt.stop()
     if rt.errors:
         raise rt.errors[0]
-    return read_topic(log, topic)
+    return rt
 
 
 def run_for(pipeline: Pipeline | list[Pipeline], log: Log, seconds: float, *, metrics: Metrics | None = None) -> Runtime:
