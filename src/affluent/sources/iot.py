@@ -36,6 +36,8 @@ from affluent.core.sources import Source, SourcePoll
 log = logging.getLogger("affluent.sources.iot")
 
 DAY_MS = 86_400_000
+#: a simulator run as fast as possible that makes at least this many readings runs in a process of its own
+PROCESS_READINGS = 200_000
 
 
 # -- the simulator ----------------------------------------------------------------------------------
@@ -100,6 +102,15 @@ class SimulatorSource(Source):
         self._anchor_sim = 0
         self._anchor_wall = 0
         self.live = speed == 1.0 and start_ms is None
+
+    @property
+    def own_process(self) -> bool:  # type: ignore[override]
+        """A long period simulated as fast as possible is CPU work: it runs beside the pipelines, on another core."""
+        if not math.isinf(self.speed):
+            return False
+        if self.start_ms is None or self.end_ms is None:
+            return True  # a backfill up to now, then real pace
+        return (self.end_ms - self.start_ms) // self.model.period_ms * self.model.readings_per_tick >= PROCESS_READINGS
 
     def describe(self) -> str:
         pace = "real pace" if self.speed == 1 else ("as fast as possible" if math.isinf(self.speed) else f"{self.speed:g}x")
