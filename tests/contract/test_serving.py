@@ -14,6 +14,7 @@ import pytest
 
 from affluent.config import ServingSettings, Settings, serving_path
 from affluent.core.errors import ConfigError, SinkUnavailableError
+from affluent.core.operators import Batch
 from affluent.core.records import Record
 from affluent.sinks import serving
 from affluent.sinks.serving import ServingSink, ServingStoreMissingError, read_serving
@@ -276,3 +277,22 @@ def test_readers_see_each_flush_whole_while_another_process_writes(tmp_path: Pat
         out, err = writer.communicate(timeout=60)
     assert writer.returncode == 0, err
     assert int(out.split()[-1]) > 10
+
+
+def test_a_batch_taken_as_columns_is_stored_as_its_records_would_be(tmp_path: Path) -> None:
+    cols = {"k": "VARCHAR", "d": "DOUBLE", "b": "BIGINT", "f": "BOOLEAN"}
+    values = [{"k": f"k{i % 7}", "d": float(i), "b": i, "f": i % 2 == 0} for i in range(30)]
+    values += [{"k": "k1", "d": 5, "b": None, "f": True}]  # an int where a double goes: converted row by row
+
+    def columns_of(vs: list[dict[str, object]], ts: list[int]) -> dict[str, list[object]]:
+        return {c: [v[c] for v in vs] for c in cols}
+
+    for name, kw in (("rows", {}), ("columns", {"columns_of": columns_of})):
+        s = ServingSink(tmp_path / f"{name}.db", "t", key_columns=("k",), columns=cols, **kw)  # type: ignore[arg-type]
+        s.open()
+        s.write_batch(Batch([None] * len(values), values, [0] * len(values), range(len(values))), "in", 0)
+        s.flush()
+        s.close()
+    got = read_serving(tmp_path / "columns.db", "SELECT * FROM t ORDER BY k")
+    assert got == read_serving(tmp_path / "rows.db", "SELECT * FROM t ORDER BY k")
+    assert [r["b"] for r in got] == [28, None, 23, 24, 25, 26, 27]  # the last of each key

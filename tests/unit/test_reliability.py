@@ -17,6 +17,7 @@ from affluent.core.aggregates import Count
 from affluent.core.errors import ConfigError, FencedError, PipelineAlreadyRunningError
 from affluent.core.log import TopicConfig
 from affluent.core.metrics import Metrics
+from affluent.core.operators import Batch
 from affluent.core.pipeline import Pipeline
 from affluent.core.records import Record
 from affluent.core.runtime import Runtime
@@ -80,6 +81,27 @@ def test_a_lake_flush_never_writes_rows_already_committed_by_another_writer(tmp_
     old.write(records[6:])
     old.flush()
     assert sorted(r["i"] for r in lake_rows(tmp_path, "d")) == list(range(10))
+
+
+def test_a_lake_takes_whole_batches_as_columns_as_it_takes_records(tmp_path: Path) -> None:
+    hour = 3_600_000
+    times = [1_773_136_800_000 + i * hour // 4 for i in range(10)]  # across three hours
+    values = [{"i": i, "name": f"n{i}"} for i in range(10)]
+
+    def columns_of(vs: list[dict[str, Any]], ts: list[int]) -> dict[str, list[Any]]:
+        return {"i": [v["i"] for v in vs], "name": [v["name"] for v in vs], "ts_ms": ts}
+
+    by_rows = ParquetLakeSink(tmp_path, "rows", row=lambda r: {**r.value, "ts_ms": r.timestamp_ms})
+    by_columns = ParquetLakeSink(tmp_path, "columns", columns_of=columns_of)
+    for sink in (by_rows, by_columns):
+        sink.open()
+        sink.write_batch(Batch([None] * 6, values[:6], times[:6], range(6)), "t", 0)
+        sink.flush()
+        sink.write_batch(Batch([None] * 10, values, times, range(10)), "t", 0)  # replayed after a crash: 0-5 are in the lake
+        sink.flush()
+    assert lake_rows(tmp_path, "columns") == lake_rows(tmp_path, "rows")
+    assert [r["i"] for r in lake_rows(tmp_path, "columns")] == list(range(10))
+    assert len(list((tmp_path / "columns").glob("date=*/hour=*"))) == 3
 
 
 class BrokenSource(Source):

@@ -21,7 +21,7 @@ from affluent.core.clock import MAX_EVENT_MS, MIN_EVENT_MS, event_time_error
 from affluent.core.errors import PipelineError
 from affluent.core.expr import Expr
 from affluent.core.log import StateChange
-from affluent.core.records import dumps, encode_values
+from affluent.core.records import Record, dumps, encode_values
 
 if TYPE_CHECKING:
     from affluent.core.runtime import TaskContext
@@ -46,6 +46,13 @@ class Batch:
             list(compress(self.timestamps, mask)),
             list(compress(self.offsets, mask)),
         )
+
+    def records(self, topic: str, partition: int) -> list[Record]:
+        """The batch as records of `topic` partition `partition` (for sinks that take records)."""
+        return [
+            Record(value=v, key=k if k is None or type(k) is str else key_str(k), timestamp_ms=t, topic=topic, partition=partition, offset=o)
+            for k, v, t, o in zip(self.keys, self.values, self.timestamps, self.offsets, strict=True)
+        ]
 
     def take(self, idx: Sequence[int]) -> Batch:
         return Batch(
@@ -384,32 +391,34 @@ def key_str(k: Any) -> str:
 
 
 class ToSink(Node):
+    """Hands each batch to a sink: whole to a sink that has `write_batch(batch, topic, partition)` (no
+    record object per record), as records to `write` otherwise. A batch the sink refuses is written
+    again one record at a time, and the records it refuses then are dead letters."""
+
     kind = "to_sink"
 
     def __init__(self, name: str, sink: Any) -> None:
         super().__init__(name)
         self.sink = sink
+        self.write_batch: Callable[[Batch, str, int], None] | None = getattr(sink, "write_batch", None)
 
     def process(self, batch: Batch, ctx: TaskContext) -> None:
-        from affluent.core.records import Record
-
-        recs = [
-            Record(value=v, key=k if k is None or type(k) is str else key_str(k), timestamp_ms=t, topic=ctx.topic, partition=ctx.partition, offset=o)
-            for k, v, t, o in zip(batch.keys, batch.values, batch.timestamps, batch.offsets, strict=True)
-        ]
         try:
-            self.sink.write(recs)
+            if self.write_batch is not None:
+                self.write_batch(batch, ctx.topic, ctx.partition)
+            else:
+                self.sink.write(batch.records(ctx.topic, ctx.partition))
         except Exception as exc:
             if getattr(exc, "transient", False):
                 raise
-            for r in recs:
+            for r in batch.records(ctx.topic, ctx.partition):
                 try:
                     self.sink.write([r])
                 except Exception as one:
                     if getattr(one, "transient", False):
                         raise
                     ctx.dead_letter(self.name, r.value, r.offset, one, timestamp_ms=r.timestamp_ms)
-        ctx.count_out(self.name, len(recs))
+        ctx.count_out(self.name, len(batch))
 
 
 _ENVELOPE = msgspec.json.Encoder()

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from affluent.core.errors import ConfigError, TerminalError
+from affluent.core.operators import Batch
 from affluent.core.records import Record
 from affluent.core.sinks import Sink
 
@@ -132,6 +133,8 @@ class ParquetLakeSink(Sink):
     row: record -> dict (default: the value); time_ms: record -> event time (default: its timestamp);
     tz: the time zone of the date=/hour= folders; schema: a pyarrow schema (default: inferred per flush);
     with a schema, a row's keys that it does not name are left out.
+    columns_of: (values, event times) -> {column: list}, the rows of a whole batch at once, in place of
+    `row`: a batch then becomes a table with no Python object per row (see `write_batch`).
     """
 
     def __init__(
@@ -144,13 +147,17 @@ class ParquetLakeSink(Sink):
         time_ms: Callable[[Record], int] | None = None,
         schema: pa.Schema | None = None,
         tz: str = "UTC",
+        columns_of: Callable[[list[Any], list[int]], dict[str, list[Any]]] | None = None,
     ) -> None:
+        if columns_of is not None and (row is not None or time_ms is not None):
+            raise ConfigError(f"lake {dataset!r}: columns_of makes the rows from values and event times; it takes no row or time_ms")
         self.root = Path(root)
         self.dataset = dataset
         self.path = dataset_path(root, dataset)
         self.name = name or f"lake-{dataset}"
         self.row = row
         self.time_ms = time_ms
+        self.columns_of = columns_of
         self.schema = schema
         self.tz = ZoneInfo(tz)
         self.seq = 0
@@ -182,7 +189,8 @@ class ParquetLakeSink(Sink):
         return hit
 
     def write(self, records: list[Record]) -> None:
-        rows: list[dict[str, Any]] = []
+        rows: list[Any] = []
+        times: list[int] = []
         parts: list[tuple[str, str]] = []
         tps: list[str] = []
         offsets: list[int] = []
@@ -190,38 +198,78 @@ class ParquetLakeSink(Sink):
             tp = f"{r.topic}:{r.partition}"
             if 0 <= r.offset <= self.offsets.get(tp, -1):
                 continue  # already in the lake: a replay after a crash
-            if r.offset < 0 and not self._warned:
-                self._warned = True
-                log.warning(
-                    "lake %s: records without a source offset (window results) cannot be deduplicated after a crash; "
-                    "write them to a topic and feed the lake from that topic",
-                    self.dataset,
-                )
+            if r.offset < 0:
+                self._warn_no_offset()
             row = self.row(r) if self.row is not None else r.value
-            if not isinstance(row, dict):
+            if self.columns_of is None and not isinstance(row, dict):
                 raise ConfigError(f"lake {self.dataset!r} takes dict rows, got {type(row).__name__}")
             ms = self.time_ms(r) if self.time_ms is not None else r.timestamp_ms
-            try:
-                parts.append(self._partition(int(ms)))
-            except (OverflowError, OSError, ValueError) as exc:
-                raise ConfigError(f"lake {self.dataset!r}: event time {ms!r} has no date ({exc})") from exc
+            parts.append(self._partition_of(ms))
             rows.append(row)
+            times.append(ms)
             tps.append(tp)
             offsets.append(r.offset)
         if not rows:
             return
+        table = self._table(pa.Table.from_pylist, rows) if self.columns_of is None else self._table(pa.Table.from_pydict, self.columns_of(rows, times))
+        self._add(table, parts, tps, offsets)
+
+    def write_batch(self, batch: Batch, topic: str, partition: int) -> None:
+        """Take a whole batch of one topic partition: with `columns_of`, as columns straight from the
+        values (the rows of one date and hour, nearly every batch, are checked for the partition once)."""
+        if self.columns_of is None or not batch.values:
+            self.write(batch.records(topic, partition))
+            return
+        tp = f"{topic}:{partition}"
+        values, times, offsets = batch.values, batch.timestamps, batch.offsets
+        if min(offsets) < 0:
+            self._warn_no_offset()
+        done = self.offsets.get(tp, -1)
+        if done >= 0 and min(offsets) <= done:  # a replay after a crash: drop what is in the lake already
+            keep = [o < 0 or o > done for o in offsets]
+            batch = batch.select(keep)
+            values, times, offsets = batch.values, batch.timestamps, batch.offsets
+            if not values:
+                return
+        first, last = self._partition_of(min(times)), self._partition_of(max(times))
+        table = self._table(pa.Table.from_pydict, self.columns_of(values, times))
+        if first == last:  # a date/hour folder holds one span of time: rows between two of its times are in it too
+            self._buffer.setdefault(first, []).append((table, [tp] * len(values), list(offsets)))
+        else:
+            self._add(table, [self._partition_of(t) for t in times], [tp] * len(values), list(offsets))
+
+    def _warn_no_offset(self) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "lake %s: records without a source offset (window results) cannot be deduplicated after a crash; "
+                "write them to a topic and feed the lake from that topic",
+                self.dataset,
+            )
+
+    def _partition_of(self, ms: Any) -> tuple[str, str]:
+        try:
+            return self._partition(int(ms))
+        except (OverflowError, OSError, ValueError) as exc:
+            raise ConfigError(f"lake {self.dataset!r}: event time {ms!r} has no date ({exc})") from exc
+
+    def _table(self, make: Callable[..., pa.Table], rows: Any) -> pa.Table:
         # convert now, so that a row of the wrong type fails this write (a dead letter), never a flush
         try:
-            table = pa.Table.from_pylist(rows, schema=self.schema)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+            table = make(rows, schema=self.schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, KeyError) as exc:
             raise ConfigError(f"lake {self.dataset!r}: a row does not fit the dataset's schema ({exc})") from exc
         if self.schema is None:
             self.schema = table.schema  # the first rows fix the columns; later rows must fit them
+        return table
+
+    def _add(self, table: pa.Table, parts: list[tuple[str, str]], tps: list[str], offsets: list[int]) -> None:
+        """Buffer the rows of `table` by date and hour, with where each came from."""
         groups: dict[tuple[str, str], list[int]] = {}
         for i, part in enumerate(parts):
             groups.setdefault(part, []).append(i)
         for part, idx in groups.items():
-            whole = len(idx) == len(rows)
+            whole = len(idx) == len(parts)
             self._buffer.setdefault(part, []).append(
                 (table if whole else table.take(idx), tps if whole else [tps[i] for i in idx], offsets if whole else [offsets[i] for i in idx])
             )
