@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -9,9 +10,8 @@ import pytest
 
 from affluent.analytics.base import parse_when
 from affluent.analytics.stock import DUCKDB, SPARK, stock_questions
-from affluent.apps.stock.readings import BadReadingError, check_reading, event_time_ms, lake_row, shelf_key
+from affluent.apps.stock.readings import BadReadingError, check_reading, check_readings, checked_or_none, event_time_ms, lake_columns, shelf_key
 from affluent.core.errors import ConfigError
-from affluent.core.records import Record
 
 GOOD: dict[str, Any] = {
     "sensor_id": "shelf-3",
@@ -73,6 +73,44 @@ def test_bad_readings_are_refused_with_their_reason(change: dict[str, Any], reas
     assert reason in str(err.value)
 
 
+#: complete readings, as the simulator makes them: a batch of them passes unchanged
+WHOLE: list[dict[str, Any]] = [
+    {**GOOD, "store_id": "paris-12", "reading_id": f"r{i}", "quantity": i % 4, "alert": i % 4 < 2, "timestamp": f"2025-07-05T13:52:0{i % 3}.000Z"}
+    for i in range(12)
+]
+#: each value differs from a complete reading in one way that `check_reading` must look at
+ODD: list[Any] = [
+    {**WHOLE[0], "quantity": -1},
+    {**WHOLE[0], "alert": None},
+    {**WHOLE[0], "product_id": "caviar"},
+    {**WHOLE[0], "sensor_id": ""},
+    {**WHOLE[0], "reading_id": 7},
+    {**WHOLE[0], "timestamp": "yesterday"},
+    {**WHOLE[0], "store_id": "lyon-2"},
+    {**WHOLE[0], "location": {"store": "paris-12", "lat": 48, "lon": 2}},  # int coordinates: good
+    {**WHOLE[0], "location": {"store": "paris-12", "lat": 48.0, "lon": 181.0}},
+    {**WHOLE[0], "location": {"store": "paris-12", "lat": float("nan"), "lon": 2.0}},
+    {k: v for k, v in WHOLE[0].items() if k not in ("store_id", "reading_id")},  # good, completed
+    [1, 2],
+]
+
+
+def test_a_batch_is_checked_as_each_of_its_readings() -> None:
+    assert check_readings(WHOLE) is WHOLE
+    assert checked_or_none(WHOLE) is WHOLE
+    for odd in ODD:
+        batch = [*WHOLE, odd]
+        try:
+            want: Any = [check_reading(v) for v in batch]
+        except BadReadingError as exc:
+            with pytest.raises(BadReadingError, match=re.escape(str(exc))):
+                check_readings(batch)
+            assert checked_or_none(batch) == [*WHOLE, None]
+        else:
+            assert check_readings(batch) == want
+            assert checked_or_none(batch) == want
+
+
 @pytest.mark.parametrize(("value", "reason"), [([1, 2], "not an array"), ("not json {", "not a string"), (None, "not null")])
 def test_non_objects_are_refused(value: Any, reason: str) -> None:
     with pytest.raises(BadReadingError, match=reason):
@@ -81,8 +119,8 @@ def test_non_objects_are_refused(value: Any, reason: str) -> None:
 
 def test_lake_row_is_flat_and_typed() -> None:
     r = check_reading({**GOOD, "seq": 7, "device_id": "paris-12-gta6"})
-    row = lake_row(Record(value=r, timestamp_ms=event_time_ms(r)))
-    assert row == {
+    columns = lake_columns([r], [event_time_ms(r)])
+    assert {name: col[0] for name, col in columns.items()} == {
         "reading_id": "paris-12-gta6-1751723520250", "ts_ms": 1_751_723_520_250, "timestamp": "2025-07-05T13:52:00.250Z",
         "store_id": "paris-12", "sensor_id": "shelf-3", "device_id": "paris-12-gta6", "product_id": "GTA6",
         "quantity": 1, "threshold": 2, "alert": True, "lat": 48.85, "lon": 2.34, "seq": 7,
