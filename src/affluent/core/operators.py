@@ -391,23 +391,18 @@ def key_str(k: Any) -> str:
 
 
 class ToSink(Node):
-    """Hands each batch to a sink: whole to a sink that has `write_batch(batch, topic, partition)` (no
-    record object per record), as records to `write` otherwise. A batch the sink refuses is written
-    again one record at a time, and the records it refuses then are dead letters."""
+    """Hands each batch whole to a sink (`Sink.write_batch`). A batch the sink refuses is written again
+    one record at a time, and the records it refuses then are dead letters."""
 
     kind = "to_sink"
 
     def __init__(self, name: str, sink: Any) -> None:
         super().__init__(name)
         self.sink = sink
-        self.write_batch: Callable[[Batch, str, int], None] | None = getattr(sink, "write_batch", None)
 
     def process(self, batch: Batch, ctx: TaskContext) -> None:
         try:
-            if self.write_batch is not None:
-                self.write_batch(batch, ctx.topic, ctx.partition)
-            else:
-                self.sink.write(batch.records(ctx.topic, ctx.partition))
+            self.sink.write_batch(batch, ctx.topic, ctx.partition)
         except Exception as exc:
             if getattr(exc, "transient", False):
                 raise

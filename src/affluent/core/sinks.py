@@ -9,8 +9,12 @@ blind appends or counter increments.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 from affluent.core.records import Record
+
+if TYPE_CHECKING:
+    from affluent.core.operators import Batch
 
 
 class Sink(ABC):
@@ -33,6 +37,14 @@ class Sink(ABC):
         All or nothing: a write that raises has taken none of its records (the runtime then writes
         them one by one and dead-letters those that fail), so check and convert before buffering.
         """
+
+    def write_batch(self, batch: Batch, topic: str, partition: int) -> None:
+        """Take a batch of the pipeline (parallel lists of keys, values, times and offsets) as it comes.
+
+        A sink that can use the columns as they are (a lake table, an upsert of each key's last row)
+        overrides this and skips making a record per record. Same contract as `write`.
+        """
+        self.write(batch.records(topic, partition))
 
     def discard(self) -> None:  # noqa: B027 - optional hook
         """Forget what was written since the last flush: the runtime goes back to its last checkpoint
