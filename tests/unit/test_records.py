@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import orjson
@@ -23,9 +24,9 @@ from affluent.core.records import (
     RecordBatch,
     ValueDecoder,
     batch_count,
+    batch_parts,
     decode_batch,
     decode_values,
-    encode_batch,
     encode_values,
     raw_values,
 )
@@ -34,6 +35,12 @@ from affluent.core.sqlite_log import SQLiteLog
 from affluent.testing import read_topic
 
 HEADER = struct.Struct("<4sB3xIIII")
+
+
+def encode_batch(*args: Any, **kwargs: Any) -> bytes:
+    """The stored blob: `batch_parts` joined."""
+    return b"".join(batch_parts(*args, **kwargs))
+
 
 VALUES = [
     {"station_id": "42", "bikes": 3, "ratio": 0.25, "ok": True, "none": None},

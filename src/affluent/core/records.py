@@ -158,18 +158,6 @@ def encode_values(values: Iterable[Any]) -> list[bytes]:
     return [orjson.dumps(v, default=_default) for v in values]
 
 
-def encode_batch(
-    raw_values: Sequence[bytes],
-    timestamps: Sequence[int],
-    keys: Sequence[str | None] | None = None,
-    headers: Sequence[Headers | None] | None = None,
-    *,
-    checked: bool = True,
-) -> bytes:
-    """Pack already-serialised values with their keys, times and headers into one blob (see `batch_parts`)."""
-    return b"".join(batch_parts(raw_values, timestamps, keys, headers, checked=checked))
-
-
 def batch_parts(
     raw_values: Sequence[bytes],
     timestamps: Sequence[int],
@@ -178,7 +166,8 @@ def batch_parts(
     *,
     checked: bool = True,
 ) -> list[bytes]:
-    """The blob of a batch as the parts to write one after another (joining them would copy the values once more).
+    """Pack already-serialised values with their keys, times and headers into a blob, as the parts to
+    write one after another (`b"".join` of them is the blob; the log writes them without that copy).
 
     checked: affluent encoded the values, so each is one valid JSON value. Values from outside (raw
     lines, produced bytes) are checked here, on the very bytes stored; when one is not valid JSON the
@@ -294,7 +283,7 @@ def decode_batch(
     value_format: str = "json",
     verify: bool = True,
 ) -> RecordBatch:
-    """Unpack a blob made by `encode_batch`; JSON values are decoded in one call."""
+    """Unpack a blob made by `batch_parts`; JSON values are decoded in one call."""
     b = _open_blob(blob, f"topic {topic!r} partition {partition} batch at offset {base_offset}", verify)
     failures: list[DecodeFailure] = []
     if value_format == "json":
