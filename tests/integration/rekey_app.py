@@ -7,14 +7,14 @@ Run as `python rekey_app.py LOG WORKER` (a worker until SIGTERM) or `python reke
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
+
+from workers_app import Events, serve  # beside this file: on the path as a script and in the tests
 
 from affluent.core.aggregates import Count, Sum
 from affluent.core.log import TopicConfig
 from affluent.core.pipeline import Pipeline
 from affluent.core.records import Record
-from affluent.core.sources import Source, SourcePoll
 from affluent.core.windows import TumblingWindow
 
 N_EVENTS = 12_000
@@ -33,25 +33,6 @@ def sentinels() -> list[Record]:
     return [Record(value={"id": -1, "group": f"g{g}", "x": 0}, key=f"end-{g}-{i}", timestamp_ms=END_MS) for g in range(GROUPS) for i in range(40)]
 
 
-class Events(Source):
-    name = "events"
-    mode = "simulator"
-
-    def __init__(self) -> None:
-        self.pos = 0
-
-    def open(self, position: Any | None) -> None:
-        self.pos = int(position or 0)
-
-    def poll(self) -> SourcePoll:
-        end = min(self.pos + 100, N_EVENTS)
-        recs = [event(i) for i in range(self.pos, end)]
-        if end == N_EVENTS and self.pos < N_EVENTS:
-            recs += sentinels()
-        self.pos = end
-        return SourcePoll(records=recs, position=end, done=end >= N_EVENTS, wait_s=0.05)
-
-
 def count(state: Any, value: Any, ts: int) -> tuple[Any, list[Any]]:
     n = (state or 0) + 1
     return n, [{"group": value["group"], "n": n}]
@@ -59,7 +40,9 @@ def count(state: Any, value: Any, ts: int) -> tuple[Any, list[Any]]:
 
 def build() -> Pipeline:
     p = Pipeline("rk", commit_interval_ms=50, max_poll_records=300)
-    grouped = p.source(Events(), topic="rk.events", config=TopicConfig(partitions=PARTITIONS, retention_ms=None)).key_by(lambda v: v["group"], name="by-group")
+    grouped = p.source(Events(N_EVENTS, event, sentinels), topic="rk.events", config=TopicConfig(partitions=PARTITIONS, retention_ms=None)).key_by(
+        lambda v: v["group"], name="by-group"
+    )
     # a keyed step after the key_by: a running count per group
     grouped.stateful(count, key=lambda v: v["group"], name="count").to_topic("rk.counts", config=TopicConfig(retention_ms=None))
     (
@@ -71,7 +54,4 @@ def build() -> Pipeline:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).parent))
-    from workers_app import serve
-
     sys.exit(serve(build()))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from affluent.testing import read_topic
 APP = Path(__file__).with_name("workers_app.py")
 sys.path.insert(0, str(APP.parent))
 import workers_app  # noqa: E402
-from workers_app import start_worker  # noqa: E402
+from workers_app import kill_worker, start_worker, stop_workers  # noqa: E402
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 
@@ -89,9 +88,7 @@ def _kill_and_compare(tmp_path: Path, url: str, *, kills_wanted: int, limit_s: f
         for kill in range(1, kills_wanted + 1):
             time.sleep(rnd.uniform(0.3, 1.0))
             name = rnd.choice(sorted(workers))
-            os.kill(workers[name].pid, signal.SIGKILL)
-            _, err = workers.pop(name).communicate(timeout=30)
-            logs.append(err)
+            logs.append(kill_worker(workers, name))
             kills += 1
             workers[f"w{3 + kill}"] = _worker(url, f"w{3 + kill}")  # a new worker joins
         appended = _appended(url)
@@ -100,12 +97,7 @@ def _kill_and_compare(tmp_path: Path, url: str, *, kills_wanted: int, limit_s: f
             assert time.monotonic() - started < limit_s, f"not complete after {limit_s} s: {sum(_results(url)['counts'].values())} counts"
             time.sleep(0.5)
     finally:
-        for proc in workers.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in workers.values():
-            _, err = proc.communicate(timeout=60)
-            logs.append(err)
-            assert proc.returncode == 0, err
+        logs += stop_workers(workers)
     text = "\n".join(logs)
     # a joining worker makes the others give up partitions (after a checkpoint), and they move
     assert text.count("let go of") >= 1 and text.count("took") >= 3

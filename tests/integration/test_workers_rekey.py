@@ -3,9 +3,7 @@ killed and replaced, give the windows of one process running alone (which needs 
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +19,7 @@ from affluent.testing import read_topic
 APP = Path(__file__).with_name("rekey_app.py")
 sys.path.insert(0, str(APP.parent))
 import rekey_app  # noqa: E402
-from workers_app import start_worker  # noqa: E402
+from workers_app import kill_worker, start_worker, stop_workers  # noqa: E402
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 
@@ -76,19 +74,13 @@ def _run(tmp_path: Path, url: str, *, kills: int) -> None:
         for kill in range(1, kills + 1):
             time.sleep(rnd.uniform(0.3, 1.0))
             name = rnd.choice(sorted(workers))
-            os.kill(workers[name].pid, signal.SIGKILL)
-            logs.append(workers.pop(name).communicate(timeout=30)[1])
+            logs.append(kill_worker(workers, name))
             workers[f"w{2 + kill}"] = _worker(url, f"w{2 + kill}")
         while sum(_windows(url).values()) < sum(want.values()) or sum(_counts(url).values()) < sum(_counts(ref).values()):
             assert time.monotonic() - started < 300, f"{sum(_windows(url).values())} of {sum(want.values())} windows"
             time.sleep(0.5)
     finally:
-        for proc in workers.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in workers.values():
-            _, err = proc.communicate(timeout=60)
-            logs.append(err)
-            assert proc.returncode == 0, err
+        logs += stop_workers(workers)
     assert _windows(url) == want
     assert _counts(url) == _counts(ref)
     log = open_log(url)

@@ -8,10 +8,12 @@ Run as `python workers_app.py LOG WORKER` (a worker until SIGTERM) or `python wo
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,23 +38,30 @@ def event(i: int) -> Record:
     return Record(value={"id": i, "key": k, "amount": i % 13}, key=k, timestamp_ms=1_000 + i * 10)
 
 
+def sentinels() -> list[Record]:
+    return [Record(value={"id": -1, "key": k, "amount": 0}, key=k, timestamp_ms=SENTINEL_MS) for k in SENTINELS]
+
+
 class Events(Source):
+    """`n` events made by `event(i)`, 100 a poll, then the records `last()` makes (which close every window)."""
+
     name = "events"
     mode = "simulator"
 
-    def __init__(self) -> None:
+    def __init__(self, n: int, event: Callable[[int], Record], last: Callable[[], list[Record]]) -> None:
+        self.n, self.event, self.last = n, event, last
         self.pos = 0
 
     def open(self, position: Any | None) -> None:
         self.pos = int(position or 0)
 
     def poll(self) -> SourcePoll:
-        end = min(self.pos + 100, N_EVENTS)
-        recs = [event(i) for i in range(self.pos, end)]
-        if end == N_EVENTS and self.pos < N_EVENTS:
-            recs += [Record(value={"id": -1, "key": k, "amount": 0}, key=k, timestamp_ms=SENTINEL_MS) for k in SENTINELS]
+        end = min(self.pos + 100, self.n)
+        recs = [self.event(i) for i in range(self.pos, end)]
+        if end == self.n and self.pos < self.n:
+            recs += self.last()
         self.pos = end
-        return SourcePoll(records=recs, position=end, done=end >= N_EVENTS, wait_s=0.05)
+        return SourcePoll(records=recs, position=end, done=end >= self.n, wait_s=0.05)
 
 
 def count(state: Any, value: Any, ts: int) -> tuple[Any, list[Any]]:
@@ -62,7 +71,7 @@ def count(state: Any, value: Any, ts: int) -> tuple[Any, list[Any]]:
 
 def build() -> Pipeline:
     p = Pipeline("ww", commit_interval_ms=50, max_poll_records=200)
-    events = p.source(Events(), topic="ww.events", config=TopicConfig(partitions=PARTITIONS, retention_ms=None))
+    events = p.source(Events(N_EVENTS, event, sentinels), topic="ww.events", config=TopicConfig(partitions=PARTITIONS, retention_ms=None))
     events.stateful(count, key=lambda v: v["key"], name="count").to_topic("ww.counts", config=TopicConfig(retention_ms=None))
     events.window(TumblingWindow(size_ms=1_000, idle_ms=None), {"n": Count(), "total": Sum("amount")}, name="per-second").to_topic(
         "ww.windows", config=TopicConfig(retention_ms=None)
@@ -97,6 +106,24 @@ def start_worker(app: Path, url: str, name: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen([sys.executable, str(app), url, name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "started", proc.stderr.read() if proc.stderr else ""
     return proc
+
+
+def kill_worker(workers: dict[str, subprocess.Popen[str]], name: str) -> str:
+    """SIGKILL worker `name` and forget it; returns what it logged."""
+    os.kill(workers[name].pid, signal.SIGKILL)
+    return workers.pop(name).communicate(timeout=30)[1]
+
+
+def stop_workers(workers: dict[str, subprocess.Popen[str]]) -> list[str]:
+    """SIGTERM every worker and wait for each to exit cleanly; returns what they logged."""
+    for proc in workers.values():
+        proc.send_signal(signal.SIGTERM)
+    logs = []
+    for proc in workers.values():
+        _, err = proc.communicate(timeout=60)
+        logs.append(err)
+        assert proc.returncode == 0, err
+    return logs
 
 
 if __name__ == "__main__":
