@@ -83,7 +83,7 @@ def test_run_until_runs_sources_and_pipelines(log: SQLiteLog) -> None:
 def test_run_until_times_out_naming_what_it_saw(log: SQLiteLog) -> None:
     p = Pipeline("p")
     p.source(ListSource([1, 2, 3], name="three"), topic="in").to_topic("out")
-    with pytest.raises(TimeoutError, match=r"'out' holds 3 records after 0.5 s, expected 10; status: .*'three'"):
+    with pytest.raises(TimeoutError, match=r"after 0.5 s, 'out' holds 3 records, expected 10; status: .*'three'"):
         run_until(p, log, topic="out", count=10, timeout_s=0.5)
 
 

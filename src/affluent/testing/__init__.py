@@ -134,7 +134,7 @@ def run_runtime_until(
             if rt.errors:
                 raise rt.errors[0]
             if time.monotonic() > deadline:
-                raise TimeoutError(f"after {timeout_s} s {what()}; status: {rt.status()}")
+                raise TimeoutError(f"after {timeout_s} s, {what()}; status: {rt.status()}")
             if during is not None:
                 during()
             time.sleep(0.02)
