@@ -7,15 +7,17 @@ Run as `python rekey_app.py LOG WORKER` (a worker until SIGTERM) or `python reke
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
-
-from workers_app import Events, serve  # beside this file: on the path as a script and in the tests
 
 from affluent.core.aggregates import Count, Sum
 from affluent.core.log import TopicConfig
 from affluent.core.pipeline import Pipeline
 from affluent.core.records import Record
 from affluent.core.windows import TumblingWindow
+
+sys.path.insert(0, str(Path(__file__).parent))  # workers_app, beside this file, when collected as a module
+from workers_app import Events, serve
 
 N_EVENTS = 12_000
 GROUPS = 12
