@@ -56,6 +56,8 @@ def open_configured_log(s: Settings | None = None) -> Log:
     return open_log(s.log.url)
 
 
+DurationOpt = Annotated[float | None, typer.Option("--duration", help="Stop after this many seconds.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No live status table.")]
 WorkersOpt = Annotated[
     int,
     typer.Option("--workers", min=1, help="Run the app in this many processes that share its partitions (a worker that dies is replaced)."),

@@ -20,7 +20,7 @@ from rich.text import Text
 
 from affluent.apps import available_apps
 from affluent.cli import topics
-from affluent.cli.common import console, fail, open_configured_log, settings, setup_logging, wait_for_log
+from affluent.cli.common import DurationOpt, QuietOpt, console, fail, open_configured_log, settings, setup_logging, wait_for_log
 from affluent.config import Settings
 from affluent.core.errors import AffluentError, PipelineAlreadyRunningError
 from affluent.core.pipeline import Pipeline
@@ -177,8 +177,8 @@ def _run(rt: Runtime, *, duration_s: float | None, quiet: bool, progress: Callab
 @app.command()
 def up(
     offline: Annotated[bool, typer.Option("--offline", help="Use recorded replays and simulators only; no map tiles.")] = False,
-    duration_s: Annotated[float | None, typer.Option("--duration", help="Stop after this many seconds.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live status table.")] = False,
+    duration_s: DurationOpt = None,
+    quiet: QuietOpt = False,
     host: Annotated[str | None, typer.Option("--host", help="Serve the dashboard on this address (default: setting web.host, 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option("--port", help="Serve the dashboard on this port (default: setting web.port, 8000; 0: any free port).")] = None,
     web: Annotated[bool, typer.Option("--web/--no-web", help="Serve the dashboard.")] = True,

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from affluent.apps.bikes.app import pipelines
 from affluent.apps.bikes.catalog import Catalog, load_catalog, load_systems, search_systems
-from affluent.cli.common import JoinOpt, WorkersOpt, announce
+from affluent.cli.common import DurationOpt, JoinOpt, QuietOpt, WorkersOpt, announce
 from affluent.core.errors import AffluentError
 
 commands = typer.Typer(help="Bike-share systems (GBFS).", no_args_is_help=True)
@@ -31,8 +31,8 @@ def run_command(
         typer.Option("--feed", help="A GBFS discovery URL (gbfs.json, GBFS 1.x/2.x/3.0), or a System ID from `affluent bikes systems`."),
     ] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Replay the bundled VéloZef recording instead of polling a feed.")] = False,
-    duration_s: Annotated[float | None, typer.Option("--duration", help="Stop after this many seconds.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live status table.")] = False,
+    duration_s: DurationOpt = None,
+    quiet: QuietOpt = False,
     workers: WorkersOpt = 1,
     join: JoinOpt = False,
 ) -> None:

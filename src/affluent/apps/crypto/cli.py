@@ -12,7 +12,7 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from affluent.apps.crypto import tables
-from affluent.cli.common import JoinOpt, WorkersOpt, announce
+from affluent.cli.common import DurationOpt, JoinOpt, QuietOpt, WorkersOpt, announce
 from affluent.core.errors import AffluentError, ConfigError
 
 commands = typer.Typer(help="Crypto markets: CoinGecko snapshots, Binance trades, candles.", no_args_is_help=True)
@@ -39,8 +39,8 @@ def run_command(
     binance_ws_url: Annotated[str | None, typer.Option("--binance-ws-url", help="Binance's websocket root (default: setting crypto.binance_ws_url).")] = None,
     binance_rest_url: Annotated[str | None, typer.Option("--binance-rest-url", help="Binance's REST root (default: setting crypto.binance_rest_url).")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Replay the bundled recordings instead of calling the APIs.")] = False,
-    duration_s: Annotated[float | None, typer.Option("--duration", help="Stop after this many seconds.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live status table.")] = False,
+    duration_s: DurationOpt = None,
+    quiet: QuietOpt = False,
     workers: WorkersOpt = 1,
     join: JoinOpt = False,
 ) -> None:

@@ -16,7 +16,7 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from affluent.apps.jobs.app import Endpoints, has_credentials, load_referentials, make_client, pipelines
-from affluent.cli.common import JoinOpt, WorkersOpt, announce
+from affluent.cli.common import DurationOpt, JoinOpt, QuietOpt, WorkersOpt, announce
 from affluent.core.clock import now_ms
 from affluent.core.errors import AffluentError, ConfigError
 from affluent.sources.france_travail import FranceTravailSource, api_time
@@ -71,8 +71,8 @@ def run_command(
     token_url: Annotated[str | None, typer.Option("--token-url", help="The OAuth2 token endpoint (default: setting jobs.token_url).")] = None,
     api_url: Annotated[str | None, typer.Option("--api-url", help="The Offres d'emploi API base (default: setting jobs.api_url).")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Replay the bundled recording instead of calling the API.")] = False,
-    duration_s: Annotated[float | None, typer.Option("--duration", help="Stop after this many seconds.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live status table.")] = False,
+    duration_s: DurationOpt = None,
+    quiet: QuietOpt = False,
     workers: WorkersOpt = 1,
     join: JoinOpt = False,
 ) -> None:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from affluent.cli.common import JoinOpt, WorkersOpt
+from affluent.cli.common import DurationOpt, JoinOpt, QuietOpt, WorkersOpt
 from affluent.core.errors import AffluentError
 
 commands = typer.Typer(help="The stock app: simulate a period, publish simulated sensors to MQTT.", no_args_is_help=True)
@@ -25,8 +25,6 @@ SpeedOpt = Annotated[
 StartOpt = Annotated[str | None, typer.Option("--start", help="Simulated start: date or ISO datetime (default now, or 7 days ago when accelerated).")]
 EndOpt = Annotated[str | None, typer.Option("--end", help="Simulated end (exclusive; a date means the end of that day).")]
 MqttOpt = Annotated[str | None, typer.Option("--mqtt", metavar="URL", help="Take readings from this MQTT broker (mqtt://host:1883), not the simulator.")]
-DurationOpt = Annotated[float | None, typer.Option("--duration", help="Stop after this many seconds.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No live status table.")]
 
 
 def _settings(**stock: Any) -> Any:
