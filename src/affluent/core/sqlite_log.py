@@ -369,13 +369,14 @@ class SQLiteLog(Log):
     def _segment_end(self, conn: sqlite3.Connection, topic_id: int, partition: int, offset: int, now: int) -> tuple[int, int]:
         """(segment, position) where the partition's next batch goes: after its last batch, or a new segment
         named by `offset` when that one is full or old (or a batch of version 1, or none, came last)."""
+        # the last batch, and when its segment's first batch (the one at the segment's own offset) was appended
         row = conn.execute(
-            "SELECT segment, position + size FROM batches WHERE topic_id=? AND partition=? ORDER BY base_offset DESC LIMIT 1", (topic_id, partition)
+            "SELECT b.segment, b.position + b.size, f.append_ms FROM batches b "
+            "LEFT JOIN batches f ON f.topic_id=b.topic_id AND f.partition=b.partition AND f.base_offset=b.segment "
+            "WHERE b.topic_id=? AND b.partition=? ORDER BY b.base_offset DESC LIMIT 1",
+            (topic_id, partition),
         ).fetchone()
-        if row is None or row[0] is None or row[1] >= SEGMENT_BYTES:
-            return offset, 0
-        started = conn.execute("SELECT append_ms FROM batches WHERE topic_id=? AND partition=? AND base_offset=?", (topic_id, partition, row[0])).fetchone()
-        if started is None or now - started[0] >= SEGMENT_MS:
+        if row is None or row[0] is None or row[1] >= SEGMENT_BYTES or row[2] is None or now - row[2] >= SEGMENT_MS:
             return offset, 0
         return row[0], row[1]
 
