@@ -133,7 +133,7 @@ def test_a_log_of_another_schema_version_is_refused(tmp_path: Path) -> None:
     conn.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
     conn.commit()
     conn.close()
-    with pytest.raises(LogError, match=r"log schema version 99, this affluent reads 2 \(and 1\): a newer affluent wrote it; upgrade") as err:
+    with pytest.raises(LogError, match=r"log schema version 99, this affluent reads 3 \(and 1, 2\): a newer affluent wrote it; upgrade") as err:
         SQLiteLog(path)
     assert str(path) in str(err.value)
 

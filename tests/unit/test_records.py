@@ -340,3 +340,92 @@ def test_raw_batch_with_one_invalid_json_value(log: SQLiteLog, tmp_path: Path) -
     assert dead.value["error"].startswith("invalid JSON")
     assert dead.timestamp_ms == 12
     assert metrics.get("affluent_dead_letters_total", pipeline="copy") == 1
+
+
+# -- values from outside, stored as lines and checked when read ------------------------------------------------------------
+class Reading(msgspec.Struct):
+    sensor: str
+    qty: int
+
+
+LINES = [b'{"sensor":"s%d","qty":%d}' % (i % 7, i) for i in range(40)]
+
+
+def _chunks(blob: bytes, chunk: int, start: int | None = None, decoder: ValueDecoder | None = None) -> list[RecordBatch]:
+    return list(rec_mod.decode_chunks(blob, topic="t", partition=0, base_offset=100, start_offset=start, chunk=chunk, decoder=decoder))
+
+
+def test_raw_values_are_stored_as_lines_unchecked_and_read_in_chunks_of_any_size() -> None:
+    times = list(range(1000, 1040))
+    blob = encode_batch(LINES, times, checked=False)
+    assert HEADER.unpack_from(blob)[1] == rec_mod.FLAG_LINES
+    assert blob.endswith(b"\n".join(LINES) + b"\n")  # no lengths, no copy per value: the lines as they came
+    assert raw_values(blob) == LINES
+    assert _decode(blob).values == [orjson.loads(v) for v in LINES]
+    for chunk in (1, 3, 7, 512):
+        for start in (None, 100, 101, 117, 139):
+            for decoder in (None, ValueDecoder(Reading)):
+                got = _chunks(blob, chunk, start, decoder)
+                first = (start or 100) - 100
+                assert [b.base_offset for b in got] == [100 + first + sum(len(g) for g in got[:i]) for i in range(len(got))]
+                assert [v if decoder is None else msgspec.to_builtins(v) for b in got for v in b.values] == [orjson.loads(v) for v in LINES[first:]]
+                assert [t for b in got for t in b.timestamps] == times[first:]
+                assert all(not b.failures for b in got)
+
+
+@pytest.mark.parametrize("typed", [False, True])
+def test_lines_that_are_not_one_value_each_are_dead_letters_even_when_together_they_parse(typed: bool) -> None:
+    """Read as one array, b'1,"' and b'"' make [1, ","]; b'[1' b'2]' b'3,4' make [[1,2],3,4]: as many
+    values as lines, each one wrong. The reader's markers tell, and each bad line is its own failure."""
+    good = [b'{"sensor":"a","qty":1}', b'{"sensor":"b","qty":2}']
+    sneaky = [b'{"sensor":"x","qty":3},"', b'"', b'[{"sensor":"y","qty":4}', b'{"sensor":"z","qty":5}]', b'{"sensor":"v","qty":6},{"sensor":"w","qty":7}']
+    values = [good[0], *sneaky, good[1]]
+    decoder = ValueDecoder(Reading) if typed else None
+    (b,) = _chunks(encode_batch(values, [0] * len(values), checked=False), 512, None, decoder)
+    assert [f.index for f in b.failures] == [1, 2, 3, 4, 5]
+    assert [f.raw for f in b.failures] == sneaky
+    got = [b.values[0], b.values[6]]
+    assert [msgspec.to_builtins(v) for v in got] == [{"sensor": "a", "qty": 1}, {"sensor": "b", "qty": 2}]
+
+
+def test_a_typed_line_of_another_shape_is_a_dead_letter_with_its_reason() -> None:
+    values = [b'{"sensor":"a","qty":1}', b"17", b'{"sensor":"b"}', b'{"sensor":"c","qty":3}']
+    (b,) = _chunks(encode_batch(values, [0] * 4, checked=False), 512, None, ValueDecoder(Reading))
+    assert [(f.index, f.error.split(":")[0]) for f in b.failures] == [(1, "does not match the schema"), (2, "does not match the schema")]
+    assert "Expected `object`, got `int`" in b.failures[0].error and "missing required field `qty`" in b.failures[1].error
+    assert [v.qty for i, v in enumerate(b.values) if i in (0, 3)] == [1, 3]
+
+
+def test_raw_values_with_line_breaks_in_them_are_checked_when_appended() -> None:
+    values = [b'{\n  "sensor": "a",\n  "qty": 1\n}', b'{"sensor":"b","qty":2}']
+    blob = encode_batch(values, [0, 0], checked=False)
+    assert HEADER.unpack_from(blob)[1] & rec_mod.FLAG_LINES == 0
+    assert _decode(blob).values == [{"sensor": "a", "qty": 1}, {"sensor": "b", "qty": 2}]
+    assert raw_values(blob) == values
+
+
+def test_a_batch_of_lines_that_lost_a_line_break_is_corrupt() -> None:
+    blob = encode_batch(LINES[:3], [0] * 3, checked=False)
+    cut = blob.replace(b"}\n{", b"}{", 1)
+    with pytest.raises(LogCorruptError, match="does not hold its 3 lines"):
+        rec_mod.decode_batch(cut, topic="t", partition=0, base_offset=0, verify=False)
+
+
+def test_two_lines_that_are_halves_of_one_value_are_two_dead_letters() -> None:
+    values = [b'{"sensor":"a","qty":1}', b"[1", b"2]", b'{"sensor":"b","qty":2}']
+    for decoder in (None, ValueDecoder(Reading)):
+        (b,) = _chunks(encode_batch(values, [0] * 4, checked=False), 512, None, decoder)
+        assert len(b) == 4 and [f.raw for f in b.failures] == [b"[1", b"2]"]
+
+
+def test_lines_split_into_runs_at_line_ends_within_both_limits() -> None:
+    values = [b"%d" % (10**i) for i in range(12)] * 50  # lines of 2 to 13 bytes
+    lines = rec_mod.Lines.of(values)
+    assert len(lines) == 600 and lines[599] == values[599] and list(lines) == values
+    for max_records, max_bytes in ((8, 1 << 20), (1000, 64), (7, 40), (600, 1 << 20), (1, 1)):
+        runs = lines.runs(max_records, max_bytes)
+        assert b"".join(r.block for r in runs) == lines.block
+        assert sum(len(r) for r in runs) == 600 and all(r.block.count(b"\n") == len(r) <= max_records for r in runs)
+        assert all(len(r.block) <= max_bytes + 14 for r in runs)  # the line that reaches the limit ends the run
+    with pytest.raises(ValueError, match="line break"):
+        rec_mod.Lines(b'{"a":1}')

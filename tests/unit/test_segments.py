@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from affluent.core import sqlite_log
-from affluent.core.log import TopicConfig
+from affluent.core.log import OutgoingBatch, TopicConfig
 from affluent.core.records import Record
-from affluent.core.sqlite_log import SQLiteLog
+from affluent.core.sqlite_log import SCHEMA_VERSION, SQLiteLog
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 
@@ -128,5 +128,27 @@ def test_a_log_of_schema_version_1_is_upgraded_in_place_and_reads_as_before(tmp_
     finally:
         log.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (SCHEMA_VERSION,)
+    conn.close()
+
+
+def test_a_log_of_schema_version_2_is_upgraded_and_takes_batches_of_lines(tmp_path: Path) -> None:
+    """tests/fixtures/log-v2.db (and its segments) was written by affluent before batches of lines: ten
+    records affluent encoded, then four raw values, one of them not JSON, checked when appended."""
+    path = tmp_path / "old.db"
+    shutil.copy(FIXTURES / "log-v2.db", path)
+    shutil.copytree(FIXTURES / "log-v2.db-segments", tmp_path / "old.db-segments")
+    log = SQLiteLog(path)
+    try:
+        old = [b for b in log.read("lines", 0, 0)]
+        assert [v["n"] if v else None for b in old for v in b.values] == [*range(11), None, 12, 13]
+        assert [r.key for r in list(log.iter_records("lines", 0, 0))[:4]] == ["k0", "k1", "k2", "k0"]
+        assert [(f.index, f.raw) for b in old for f in b.failures] == [(1, b'{"n": 11')]
+        log.append("lines", OutgoingBatch(keys=[None] * 2, values=[b'{"n": 14}', b"{"], timestamps=[1, 2], raw=True))
+        (new,) = log.read("lines", 0, 14)
+        assert new.values == [{"n": 14}, None] and [(f.index, f.raw) for f in new.failures] == [(1, b"{")]
+    finally:
+        log.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (SCHEMA_VERSION,)
     conn.close()

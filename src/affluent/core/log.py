@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from affluent.core.errors import ConfigError
-from affluent.core.records import DecodeFailure, Headers, Record, RecordBatch, ValueDecoder, dumps, encode_values
+from affluent.core.records import DecodeFailure, Headers, Lines, Record, RecordBatch, ValueDecoder, dumps, encode_values
 
 DAY_MS = 86_400_000
 VALUE_FORMATS = ("json", "text", "bytes")
@@ -106,7 +106,7 @@ class OutgoingBatch:
     values: list[Any] = field(default_factory=list)
     timestamps: list[int] = field(default_factory=list)
     headers: list[Headers | None] | None = None
-    # Values already serialised (bytes), appended as they are.
+    # Values already serialised (bytes), appended as they are (a list, or `Lines`).
     raw: bool = False
     # Raw values known to be valid JSON (affluent encoded them): the log need not check them.
     checked: bool = False
@@ -209,7 +209,7 @@ def serialise_values(topic: str, value_format: str, batch: OutgoingBatch) -> tup
     if value_format == "json":
         if not batch.raw:
             return encode_values(values), True
-        return values if type(values) is list else list(values), batch.checked
+        return values if type(values) in (list, Lines) else list(values), batch.checked
     out: list[bytes] = []
     for v in values:
         if isinstance(v, bytes | bytearray | memoryview):

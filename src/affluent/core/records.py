@@ -7,20 +7,28 @@ that per-record Python work happens only where user logic needs it.
 Blob layout (little endian), version 1::
 
     header   magic "AFB1" | flags u8 | pad 3 | count u32 | crc32 u32 | keys_len u32 | headers_len u32
-             flags: 1 keys, 2 headers, 4 split (values not all valid JSON)
+             flags: 1 keys, 2 headers, 4 split (values not all valid JSON), 8 lines
     times    count × int64      event time, UTC epoch ms
-    lengths  count × uint32     byte length of each encoded value
+    lengths  count × uint32     byte length of each encoded value (absent with FLAG_LINES)
     keys     JSON array of str|null        (absent unless FLAG_KEYS)
     headers  JSON array of object|null     (absent unless FLAG_HEADERS)
     values   b"[" v0 b"," v1 ... b"]"      a JSON array when every value is JSON
+             v0 b"\n" v1 b"\n" ... b"\n"   with FLAG_LINES: values from outside, one per line, unchecked
 
 crc32 covers the header (but its own field) and everything after it. Values are kept as a JSON array so that a batch of JSON
 values decodes in one `orjson.loads` call; the lengths let a batch with one bad value fall back to
 decoding value by value, so that only that value is dead-lettered.
+
+Values from outside (raw lines) are stored as lines, not checked when appended: checking means
+parsing them, and the reader parses them anyway. A reader decodes a run of lines in one call as
+the array ``[v0,N,v1,N,...,vn,N]``, where N is a random number of its own: only when every odd
+item is N is each line exactly one value (a line that is not one value, or two lines that are
+halves of one, shift or swallow an N). Otherwise it decodes line by line.
 """
 
 from __future__ import annotations
 
+import secrets
 import struct
 import zlib
 from array import array
@@ -37,6 +45,7 @@ MAGIC = b"AFB1"
 FLAG_KEYS = 1
 FLAG_HEADERS = 2
 FLAG_SPLIT = 4  # values are not all valid JSON: decode them one by one
+FLAG_LINES = 8  # values are lines, checked when read
 _HEADER = struct.Struct("<4sB3xIIII")
 _EMPTY_ARRAY = b"[]"
 
@@ -158,6 +167,50 @@ def encode_values(values: Iterable[Any]) -> list[bytes]:
     return [orjson.dumps(v, default=_default) for v in values]
 
 
+class Lines(Sequence[bytes]):
+    """Values as lines of text in one bytes object, each line ending in a line break: what a source
+    reading text hands over, appended as it is, with no bytes object per value (made on first use)."""
+
+    __slots__ = ("_values", "block", "n")
+
+    def __init__(self, block: bytes, count: int | None = None) -> None:
+        if block[-1:] not in (b"", b"\n"):
+            raise ValueError("lines end with a line break")
+        self.block = block
+        self.n = block.count(b"\n") if count is None else count
+        self._values: list[bytes] | None = None
+
+    @classmethod
+    def of(cls, values: Sequence[bytes]) -> Lines:
+        return cls(b"\n".join(values) + b"\n" if values else b"", len(values))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: Any) -> Any:
+        if self._values is None:
+            self._values = self.block.split(b"\n")[:-1]
+        return self._values[i]
+
+    def runs(self, max_records: int, max_bytes: int) -> list[Lines]:
+        """Split into runs of at most `max_records` lines and about `max_bytes` bytes, at line ends."""
+        block, end = self.block, len(self.block)
+        if self.n <= max_records and end <= max_bytes:
+            return [self]
+        out = []
+        pos = 0
+        step = max_bytes
+        while pos < end:
+            cut = block.index(b"\n", min(pos + step, end) - 1) + 1
+            k = block.count(b"\n", pos, cut)
+            if k > max_records:  # short lines: fewer bytes
+                step = max(1, step * max_records // k)
+                continue
+            out.append(Lines(block[pos:cut], k))
+            pos = cut
+        return out
+
+
 def batch_parts(
     raw_values: Sequence[bytes],
     timestamps: Sequence[int],
@@ -170,15 +223,27 @@ def batch_parts(
     write one after another (`b"".join` of them is the blob; the log writes them without that copy).
 
     checked: affluent encoded the values, so each is one valid JSON value. Values from outside (raw
-    lines, produced bytes) are checked here, on the very bytes stored; when one is not valid JSON the
-    batch is marked split and readers decode value by value, dead-lettering only the bad ones.
+    lines, produced bytes) are stored as lines, checked by the readers (see the module's docstring);
+    those with a line break in them are checked here, on the very bytes stored, and when one is not
+    valid JSON the batch is marked split: readers decode value by value, dead-lettering only the bad ones.
     """
     count = len(raw_values)
     if len(timestamps) != count:
         raise ValueError("timestamps and values differ in length")
-    lengths = array("I", map(len, raw_values))
-    section = _json_array(raw_values)
-    flags = 0 if checked or _each_one_value(section, raw_values, lengths) else FLAG_SPLIT
+    flags = 0
+    lengths = b""
+    section: list[bytes] = []
+    if type(raw_values) is Lines and count:
+        flags, section = FLAG_LINES, [raw_values.block]  # readers check the values: see the module's docstring
+    elif count and not checked:
+        section = [b"\n".join(raw_values), b"\n"]
+        if section[0].count(b"\n") == count - 1:
+            flags = FLAG_LINES
+    if not flags:  # affluent's own values, or values with line breaks in them: checked now
+        lengths_a = array("I", map(len, raw_values))
+        array_section = _json_array(raw_values)
+        flags = 0 if checked or _each_one_value(array_section, raw_values, lengths_a) else FLAG_SPLIT
+        lengths, section = lengths_a.tobytes(), [array_section]
     keys_blob = b""
     if keys is not None and (keys if type(keys) is list else list(keys)).count(None) != count:
         flags |= FLAG_KEYS
@@ -187,9 +252,12 @@ def batch_parts(
     if headers is not None and any(headers):
         flags |= FLAG_HEADERS
         headers_blob = orjson.dumps(list(headers))
-    times = array("q", timestamps).tobytes()
+    if type(timestamps) is list and count and timestamps.count(timestamps[0]) == count:  # one time: a poll's "now"
+        times = (array("q", timestamps[:1]) * count).tobytes()
+    else:
+        times = array("q", timestamps).tobytes()
     head = _HEADER.pack(MAGIC, flags, count, 0, len(keys_blob), len(headers_blob))
-    parts = [head[16:], times, lengths.tobytes(), keys_blob, headers_blob, section]
+    parts = [head[16:], times, lengths, keys_blob, headers_blob, *section]
     crc = zlib.crc32(head[:12])
     for part in parts:
         crc = zlib.crc32(part, crc)
@@ -234,10 +302,12 @@ class _Blob:
     flags: int
     count: int
     times: list[int]
-    lengths: array[int]
+    lengths: array[int]  # empty with FLAG_LINES
     keys: list[str | None] | None
     headers: list[Headers | None] | None
     values: memoryview
+    blob: bytes
+    start: int  # where the values begin in `blob`
 
 
 def _open_blob(blob: bytes, where: str, verify: bool) -> _Blob:
@@ -251,8 +321,9 @@ def _open_blob(blob: bytes, where: str, verify: bool) -> _Blob:
     body = view[_HEADER.size :]
     if verify and zlib.crc32(body, zlib.crc32(view[16 : _HEADER.size], zlib.crc32(view[:12]))) != crc:
         raise LogCorruptError(f"{where}: checksum mismatch, the stored batch is damaged")
-    fixed = 12 * count
-    if len(body) < fixed + keys_len + headers_len + 2:
+    lines = flags & FLAG_LINES != 0
+    fixed = 8 * count if lines else 12 * count
+    if len(body) < fixed + keys_len + headers_len + (count if lines else 2):
         raise LogCorruptError(f"{where}: batch shorter than its {count} records")
     times = array("q")
     times.frombytes(body[: 8 * count])
@@ -267,11 +338,15 @@ def _open_blob(blob: bytes, where: str, verify: bool) -> _Blob:
     except orjson.JSONDecodeError as exc:
         raise LogCorruptError(f"{where}: damaged keys or headers ({exc})") from exc
     values = body[pos:]
-    if len(values) != sum(lengths) + max(count - 1, 0) + 2:
+    start = _HEADER.size + pos
+    if lines:
+        if blob[-1:] != b"\n":  # and its reader counts the lines
+            raise LogCorruptError(f"{where}: values section does not hold its {count} lines")
+    elif len(values) != sum(lengths) + max(count - 1, 0) + 2:
         raise LogCorruptError(f"{where}: values section does not match its {count} lengths")
     if (keys is not None and len(keys) != count) or (headers is not None and len(headers) != count):
         raise LogCorruptError(f"{where}: keys or headers do not match its {count} records")
-    return _Blob(flags, count, times.tolist(), lengths, keys, headers, values)
+    return _Blob(flags, count, times.tolist(), lengths, keys, headers, values, blob, start)
 
 
 def decode_batch(
@@ -286,7 +361,10 @@ def decode_batch(
     """Unpack a blob made by `batch_parts`; JSON values are decoded in one call."""
     b = _open_blob(blob, f"topic {topic!r} partition {partition} batch at offset {base_offset}", verify)
     failures: list[DecodeFailure] = []
-    if value_format == "json":
+    if b.flags & FLAG_LINES:
+        (part,) = _line_chunks(b, topic, partition, base_offset, 0, b.count, None)
+        values, failures = part.values, part.failures
+    elif value_format == "json":
         values, failures = _decode_section(b.values, b.lengths, None, b.flags & FLAG_SPLIT != 0)
     else:
         raw = _split(b.values, b.lengths)
@@ -320,6 +398,9 @@ def decode_chunks(
     b = _open_blob(blob, f"topic {topic!r} partition {partition} batch at offset {base_offset}", verify)
     count, lengths, values_blob = b.count, b.lengths, b.values
     first = max(0, (start_offset or base_offset) - base_offset)
+    if b.flags & FLAG_LINES:
+        yield from _line_chunks(b, topic, partition, base_offset, first, chunk, decoder)
+        return
     split = b.flags & FLAG_SPLIT != 0
     # byte position of value i: 1 for "[", the values before it and their commas
     start = 1 + sum(lengths[:first]) + first
@@ -353,9 +434,62 @@ def _decode_section(section: memoryview | bytes, lengths: array[int], decoder: V
     return _decode_each(section, lengths, decoder.decode_one if decoder is not None else None)
 
 
+def _line_chunks(b: _Blob, topic: str, partition: int, base_offset: int, first: int, chunk: int, decoder: ValueDecoder | None) -> Iterator[RecordBatch]:
+    """The lines of `b` from line `first` on, about `chunk` at a time (cut by size: where a line ends is found, not stored)."""
+    blob, end = b.blob, len(b.blob)
+    pos = b.start
+    for _ in range(first):
+        pos = blob.index(b"\n", pos) + 1
+    step = max(1, (end - b.start) * chunk // b.count)
+    i = first
+    while pos < end:
+        cut = blob.index(b"\n", min(pos + step, end) - 1) + 1
+        values, failures = _decode_lines(blob[pos:cut], decoder)
+        k = len(values)
+        if i + k > b.count:
+            break
+        yield RecordBatch(
+            topic,
+            partition,
+            base_offset + i,
+            b.keys[i : i + k] if b.keys is not None else [None] * k,
+            values,
+            b.times[i : i + k],
+            b.headers[i : i + k] if b.headers is not None else None,
+            failures,
+        )
+        pos, i = cut, i + k
+    if i != b.count:
+        raise LogCorruptError(f"topic {topic!r} partition {partition} batch at offset {base_offset}: values section does not hold its {b.count} lines")
+
+
+#: the reader's own marker between lines (see the module's docstring); never stored
+_MARK = secrets.randbits(62) | 1 << 62
+_MARKED = b",%d," % _MARK
+
+
+def _decode_lines(lines: bytes, decoder: ValueDecoder | None) -> tuple[list[Any], list[DecodeFailure]]:
+    """Decode lines (each ends in a line break) in one call when each is one value, else line by line."""
+    decode_marked = orjson.loads if decoder is None else decoder.decode_marked
+    if decode_marked is not None:
+        marked = lines.replace(b"\n", _MARKED)
+        count = (len(marked) - len(lines)) // (len(_MARKED) - 1)  # the lines (markers) in it
+        try:
+            items = decode_marked(b"".join((b"[", memoryview(marked)[:-1], b"]")))
+            values = items[0::2]
+            # every odd item is a marker, and all of them are: each line is one value
+            if len(items) == 2 * count and items[1::2].count(_MARK) == count and (decoder is None or int not in set(map(type, values))):
+                return values, []
+        except ValueError:  # orjson's and msgspec's decode errors are ValueErrors
+            pass
+    return _decode_each_of(lines.split(b"\n")[:-1], orjson.loads if decoder is None else decoder.decode_one)
+
+
 def raw_values(blob: bytes) -> list[bytes]:
     """The stored bytes of each value, undecoded."""
-    _, _, count, _, keys_len, headers_len = _HEADER.unpack_from(blob)
+    _, flags, count, _, keys_len, headers_len = _HEADER.unpack_from(blob)
+    if flags & FLAG_LINES:
+        return blob[_HEADER.size + 8 * count + keys_len + headers_len :].split(b"\n")[:-1]
     body = memoryview(blob)[_HEADER.size :]
     lengths = array("I")
     lengths.frombytes(body[8 * count : 12 * count])
@@ -398,11 +532,14 @@ class ValueDecoder:
     """
 
     def __init__(self, schema: Any) -> None:
-        import msgspec
-
         self.schema = schema
         self.decode_many: Callable[[bytes], list[Any]] = msgspec.json.Decoder(list[schema]).decode
         self.decode_one: Callable[[bytes], Any] = msgspec.json.Decoder(schema).decode
+        #: lines with the reader's markers between them (see the module's docstring): for a Struct, whose
+        #: values are never ints; another schema decodes lines one by one
+        self.decode_marked: Callable[[bytes], list[Any]] | None = None
+        if isinstance(schema, type) and issubclass(schema, msgspec.Struct):
+            self.decode_marked = msgspec.json.Decoder(list[schema | int]).decode  # type: ignore[valid-type]
 
 
 def decode_values(raw: Sequence[bytes], value_format: str = "json", decoder: ValueDecoder | None = None) -> tuple[list[Any], list[DecodeFailure]]:

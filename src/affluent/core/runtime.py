@@ -18,9 +18,9 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -773,12 +773,12 @@ class SourceTask:
             if len(encoded):
                 cp.appends[b.topic] = encoded
         if raw:
-            cp.appends[b.topic] = OutgoingBatch([None] * len(raw), raw, [now_ms()] * len(raw), raw=True)
+            cp.appends[b.topic] = OutgoingBatch([None] * len(raw), cast(list[bytes], raw), [now_ms()] * len(raw), raw=True)  # or Lines: the logs take both
         if result.position is not None:
             cp.state.append(StateChange(self.store, 0, _POSITION, dumps(result.position)))
         return cp
 
-    def _decoded(self, cp: Checkpoint, raw: list[bytes]) -> list[Record]:
+    def _decoded(self, cp: Checkpoint, raw: Sequence[bytes]) -> list[Record]:
         """Serialised values as records, to be keyed; those that are not JSON are dead letters."""
         values, failures = decode_values(raw)
         for f in failures:

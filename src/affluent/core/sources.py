@@ -9,6 +9,7 @@ are retried with backoff; a source never takes the rest of the runtime down with
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,16 +22,16 @@ class SourcePoll:
 
     records: new records (event time in `timestamp_ms`; 0 means "now").
     raw: values already serialised as JSON (bytes), appended as they are, keyless and timed "now":
-        the fast path of a source that reads text, with no Python object per record. The log checks
-        that each is one JSON value; one that is not reaches the pipeline's dead-letter topic with its
-        reason, when it is read.
+        the fast path of a source that reads text, with no Python object per record (`Lines` holds
+        them as one bytes object). Each is checked to be one JSON value when it is read; one that is
+        not reaches the pipeline's dead-letter topic with its reason.
     wait_s: how long to wait before the next poll (a feed's ttl, a simulator's period).
     position: JSON-able resume point saved with the records, handed back to `open` after a restart.
     done: the source has nothing more to give (a replay that reached its end).
     """
 
     records: list[Record] = field(default_factory=list)
-    raw: list[bytes] | None = None
+    raw: Sequence[bytes] | None = None
     wait_s: float = 0.0
     position: Any = None
     done: bool = False

@@ -59,11 +59,11 @@ from affluent.core.log import (
     serialise_values,
     spread,
 )
-from affluent.core.records import Record, RecordBatch, ValueDecoder, batch_parts, decode_batch, decode_chunks
+from affluent.core.records import Lines, Record, RecordBatch, ValueDecoder, batch_parts, decode_batch, decode_chunks
 
 log = logging.getLogger("affluent.log")
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 MAX_BATCH_RECORDS = 8192
 MAX_BATCH_BYTES = 1 << 20
 #: a worker whose heartbeat is older than this is not listed among a group's live workers
@@ -142,23 +142,25 @@ class SQLiteLog(Log):
             conn.executescript(_SCHEMA)
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
             (version,) = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if version == "1":
-            version = self._upgrade_from_1()
+        if version in ("1", "2"):
+            version = self._upgrade(version)
         if version != SCHEMA_VERSION:
             raise LogError(
-                f"{self.path}: log schema version {version}, this affluent reads {SCHEMA_VERSION} (and 1): "
+                f"{self.path}: log schema version {version}, this affluent reads {SCHEMA_VERSION} (and 1, 2): "
                 "a newer affluent wrote it; upgrade with `pip install -U affluent`"
             )
 
-    def _upgrade_from_1(self) -> str:
-        """Version 1 kept batches inside SQLite: they stay there and read as before; new ones go to segments."""
+    def _upgrade(self, old: str) -> str:
+        """Stored batches stay as they are and read as before. Version 1 kept them inside SQLite; new ones
+        go to segments. Version 3 adds batches of lines (checked when read), which version 2 cannot read."""
         with self._write("upgrading") as conn:
             (version,) = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if version == "1":  # not done meanwhile by another process
                 conn.execute("ALTER TABLE batches ADD COLUMN segment INTEGER")
                 conn.execute("ALTER TABLE batches ADD COLUMN position INTEGER")
+            if version in ("1", "2"):
                 conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (SCHEMA_VERSION,))
-        log.info("%s: upgraded the log from schema version 1 to %s (stored batches are kept as they are)", self.path, SCHEMA_VERSION)
+        log.info("%s: upgraded the log from schema version %s to %s (stored batches are kept as they are)", self.path, old, SCHEMA_VERSION)
         return SCHEMA_VERSION
 
     @classmethod
@@ -346,11 +348,14 @@ class SQLiteLog(Log):
             hdrs = batch.headers if (whole or batch.headers is None) else [batch.headers[i] for i in idx]
             rows = []
             blobs: list[list[bytes]] = []
-            for start, stop in _chunks(vals):
+            runs = vals.runs(MAX_BATCH_RECORDS, MAX_BATCH_BYTES) if type(vals) is Lines else [vals[a:b] for a, b in _chunks(vals)]
+            stop = 0
+            for run in runs:
+                start, stop = stop, stop + len(run)
                 if position >= SEGMENT_BYTES:
                     segment, position = offset, 0
                 ts = times[start:stop]
-                parts = batch_parts(vals[start:stop], ts, keys[start:stop], hdrs[start:stop] if hdrs else None, checked=checked)
+                parts = batch_parts(run, ts, keys[start:stop], hdrs[start:stop] if hdrs else None, checked=checked)
                 size = sum(map(len, parts))
                 rows.append((topic_id, p, offset, stop - start, min(ts), max(ts), now, size, b"", segment, position))
                 blobs.append(parts)
