@@ -177,19 +177,13 @@ def build_pipelines(
     return [main, lake]
 
 
+_SHELF_FIELDS = {name: operator.itemgetter(name) for name in ("store_id", "product_id", "sensor_id", "quantity", "threshold", "alert", "location")}
+
+
 def _shelf_columns(values: list[dict[str, Any]], times: list[int]) -> dict[str, list[Any]]:
-    locs = [v["location"] for v in values]
-    return {
-        "store_id": [v["store_id"] for v in values],
-        "product_id": [v["product_id"] for v in values],
-        "sensor_id": [v["sensor_id"] for v in values],
-        "quantity": [v["quantity"] for v in values],
-        "threshold": [v["threshold"] for v in values],
-        "alert": [v["alert"] for v in values],
-        "ts_ms": times,
-        "lat": [loc["lat"] for loc in locs],
-        "lon": [loc["lon"] for loc in locs],
-    }
+    columns = {name: list(map(get, values)) for name, get in _SHELF_FIELDS.items()}
+    locs = columns.pop("location")
+    return {**columns, "ts_ms": times, "lat": list(map(operator.itemgetter("lat"), locs)), "lon": list(map(operator.itemgetter("lon"), locs))}
 
 
 def _restock_row(r: Record) -> dict[str, Any]:

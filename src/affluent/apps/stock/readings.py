@@ -188,9 +188,14 @@ def _checked_or_none(v: Any) -> dict[str, Any] | None:
         return None
 
 
-#: the fields `check_reading`'s fast path looks at, taken from every reading of a batch in one C-level pass
-_FIELDS = operator.itemgetter("quantity", "threshold", "alert", "product_id", "sensor_id", "reading_id", "timestamp", "store_id", "location")
-_PLACE = operator.itemgetter("store", "lat", "lon")
+#: the fields `check_reading`'s fast path looks at, each taken from every reading of a batch in one C-level pass
+_CHECKED = ("quantity", "threshold", "alert", "product_id", "sensor_id", "reading_id", "timestamp", "store_id", "location")
+_GET = {name: operator.itemgetter(name) for name in _CHECKED}
+_GET_PLACE = {name: operator.itemgetter(name) for name in ("store", "lat", "lon")}
+
+
+def _column(values: list[Any], name: str) -> list[Any]:
+    return list(map(_GET[name], values))
 
 
 def _all_well_formed(values: list[Any]) -> bool:
@@ -201,23 +206,31 @@ def _all_well_formed(values: list[Any]) -> bool:
     if set(map(type, values)) != {dict}:
         return False
     try:
-        q, t, alerts, products, sensors, ids, stamps, store_ids, locs = zip(*map(_FIELDS, values), strict=True)
+        q, t = _column(values, "quantity"), _column(values, "threshold")
+        if set(map(type, q)) != {int} or set(map(type, t)) != {int} or min(q) < 0 or min(t) <= 0:
+            return False
+        if not all(map(operator.is_, map(_GET["alert"], values), map(operator.lt, q, t))):
+            return False
+        if not set(map(_GET["product_id"], values)) <= THRESHOLDS.keys():
+            return False
+        sensors = _column(values, "sensor_id")
+        if set(map(type, sensors)) != {str} or not all(sensors) or set(map(type, map(_GET["reading_id"], values))) != {str}:
+            return False
+        stamps = _column(values, "timestamp")
+        if set(map(type, stamps)) != {str}:
+            return False
+        locs = _column(values, "location")
         if set(map(type, locs)) != {dict}:
             return False
-        stores, lats, lons = zip(*map(_PLACE, locs), strict=True)
-    except KeyError:
-        return False
-    if set(map(type, q)) != {int} or set(map(type, t)) != {int} or min(q) < 0 or min(t) <= 0:
-        return False
-    if not all(map(operator.is_, alerts, map(operator.lt, q, t))) or not set(products) <= THRESHOLDS.keys():
-        return False
-    if set(map(type, sensors)) != {str} or not all(sensors) or set(map(type, ids)) != {str} or set(map(type, stamps)) != {str}:
-        return False
-    if set(map(type, stores)) != {str} or store_ids != stores:
-        return False
-    for xs, bound in ((lats, 90), (lons, 180)):
-        if not set(map(type, xs)) <= {int, float} or any(map(math.isnan, xs)) or not -bound <= min(xs) <= max(xs) <= bound:
+        stores = list(map(_GET_PLACE["store"], locs))
+        if set(map(type, stores)) != {str} or _column(values, "store_id") != stores:
             return False
+        for name, bound in (("lat", 90), ("lon", 180)):
+            xs = list(map(_GET_PLACE[name], locs))
+            if not set(map(type, xs)) <= {int, float} or any(map(math.isnan, xs)) or not -bound <= min(xs) <= max(xs) <= bound:
+                return False
+    except (KeyError, TypeError):  # a field missing, or of a type that cannot be hashed or compared
+        return False
     try:
         for stamp in set(stamps):
             parse_timestamp_ms(stamp)
@@ -268,19 +281,19 @@ LAKE_SCHEMA = pa.schema(
 
 def lake_columns(values: list[dict[str, Any]], times: list[int]) -> dict[str, list[Any]]:
     """Checked readings and their event times as the columns of dataset `stock_readings` (event time `ts_ms`, UTC epoch ms)."""
-    locs = [v["location"] for v in values]
+    locs = _column(values, "location")
     return {
-        "reading_id": [v["reading_id"] for v in values],
+        "reading_id": _column(values, "reading_id"),
         "ts_ms": times,
-        "timestamp": [v["timestamp"] for v in values],
-        "store_id": [v["store_id"] for v in values],
-        "sensor_id": [v["sensor_id"] for v in values],
+        "timestamp": _column(values, "timestamp"),
+        "store_id": _column(values, "store_id"),
+        "sensor_id": _column(values, "sensor_id"),
         "device_id": [d if type(d := v.get("device_id")) is str else None for v in values],
-        "product_id": [v["product_id"] for v in values],
-        "quantity": [v["quantity"] for v in values],
-        "threshold": [v["threshold"] for v in values],
-        "alert": [v["alert"] for v in values],
-        "lat": [loc["lat"] for loc in locs],  # an integer becomes a double in the table, as float() would make it
-        "lon": [loc["lon"] for loc in locs],
+        "product_id": _column(values, "product_id"),
+        "quantity": _column(values, "quantity"),
+        "threshold": _column(values, "threshold"),
+        "alert": _column(values, "alert"),
+        "lat": list(map(_GET_PLACE["lat"], locs)),  # an integer becomes a double in the table, as float() would make it
+        "lon": list(map(_GET_PLACE["lon"], locs)),
         "seq": [n if type(n := v.get("seq")) is int else None for v in values],
     }
