@@ -196,8 +196,8 @@ class ParquetLakeSink(Sink):
         offsets: list[int] = []
         for r in records:
             tp = f"{r.topic}:{r.partition}"
-            if 0 <= r.offset <= self.offsets.get(tp, -1):
-                continue  # already in the lake: a replay after a crash
+            if self._in_lake(tp, r.offset):
+                continue
             if r.offset < 0:
                 self._warn_no_offset()
             row = self.row(r) if self.row is not None else r.value
@@ -224,10 +224,8 @@ class ParquetLakeSink(Sink):
         values, times, offsets = batch.values, batch.timestamps, batch.offsets
         if min(offsets) < 0:
             self._warn_no_offset()
-        done = self.offsets.get(tp, -1)
-        if done >= 0 and min(offsets) <= done:  # a replay after a crash: drop what is in the lake already
-            keep = [o < 0 or o > done for o in offsets]
-            batch = batch.select(keep)
+        if min(offsets) <= self.offsets.get(tp, -1):  # some may be in the lake already
+            batch = batch.select([not self._in_lake(tp, o) for o in offsets])
             values, times, offsets = batch.values, batch.timestamps, batch.offsets
             if not values:
                 return
@@ -237,6 +235,10 @@ class ParquetLakeSink(Sink):
             self._buffer.setdefault(first, []).append((table, [tp] * len(values), list(offsets)))
         else:
             self._add(table, [self._partition_of(t) for t in times], [tp] * len(values), list(offsets))
+
+    def _in_lake(self, tp: str, offset: int) -> bool:
+        """The record at `offset` of topic partition `tp` is in the lake already (replayed after a crash)."""
+        return 0 <= offset <= self.offsets.get(tp, -1)
 
     def _warn_no_offset(self) -> None:
         if not self._warned:
