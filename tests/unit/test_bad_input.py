@@ -114,7 +114,7 @@ def test_a_log_damaged_in_the_middle(tmp_path: Path) -> None:
     lg.close()  # the last connection checkpoints the WAL into the file
     data = bytearray(path.read_bytes())
     page = 4096
-    assert len(data) > 20 * page
+    assert len(data) >= 10 * page
     for p in range(2, len(data) // page, 2):  # overwrite every other page after the first two
         data[p * page : p * page + 200] = b"\xde\xad\xbe\xef" * 50
     path.write_bytes(bytes(data))

@@ -28,7 +28,7 @@ halves of one, shift or swallow an N). Otherwise it decodes line by line.
 
 from __future__ import annotations
 
-import secrets
+import os
 import struct
 import zlib
 from array import array
@@ -464,7 +464,7 @@ def _line_chunks(b: _Blob, topic: str, partition: int, base_offset: int, first: 
 
 
 #: the reader's own marker between lines (see the module's docstring); never stored
-_MARK = secrets.randbits(62) | 1 << 62
+_MARK = int.from_bytes(os.urandom(8)) >> 2 | 1 << 62
 _MARKED = b",%d," % _MARK
 
 

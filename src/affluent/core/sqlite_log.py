@@ -175,8 +175,9 @@ class SQLiteLog(Log):
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._busy_timeout_s, check_same_thread=False)
-            # big pages: a 1 MiB record batch is a chain of 16 pages, not 256 (takes effect on a new file)
-            conn.execute("PRAGMA page_size=65536")
+            # small pages: record batches are in segment files, and a commit writes every page it changed to the
+            # write-ahead log (takes effect on a new file)
+            conn.execute("PRAGMA page_size=4096")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA mmap_size=0")  # a mapped log counts in RSS as it grows; reads go through the page cache
