@@ -39,6 +39,7 @@ _EXPORTS: dict[str, str] = {
     "KafkaLog": "affluent.core.kafka_log",
     "Source": "affluent.core.sources",
     "SourcePoll": "affluent.core.sources",
+    "Lines": "affluent.core.records",
     "Sink": "affluent.core.sinks",
     "ParquetLakeSink": "affluent.sinks.lake",
     "ServingSink": "affluent.sinks.serving",

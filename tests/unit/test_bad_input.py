@@ -6,8 +6,9 @@ import errno
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import orjson
 import pytest
 
 from affluent.core import sqlite_log
@@ -16,7 +17,7 @@ from affluent.core.errors import ConfigError, LogCorruptError, LogError, LogFull
 from affluent.core.log import OutgoingBatch, TopicConfig, open_log
 from affluent.core.metrics import Metrics
 from affluent.core.pipeline import Pipeline
-from affluent.core.records import Record
+from affluent.core.records import Lines, Record
 from affluent.core.runtime import PipelineTask
 from affluent.core.sqlite_log import SQLiteLog
 from affluent.core.windows import TumblingWindow
@@ -168,13 +169,17 @@ class FullDisk:
         log._conn().execute("PRAGMA max_page_count=1073741823")
 
 
-def test_disk_full_raises_log_full_and_loses_nothing(log: SQLiteLog, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("values", ["records", "lines"])
+def test_disk_full_raises_log_full_and_loses_nothing(log: SQLiteLog, monkeypatch: pytest.MonkeyPatch, values: str) -> None:
     disk = FullDisk(monkeypatch)
     log.create_topic("t")
     log.append("t", [Record(value={"i": i}, key=f"k{i}") for i in range(100)])
     log.commit("g", {("t", 0): 40})
     disk.fill(log)
-    big = [Record(value={"i": 100 + i, "pad": "x" * 2000}) for i in range(200)]
+    big: Any = [Record(value={"i": 100 + i, "pad": "x" * 2000}) for i in range(200)]
+    if values == "lines":  # a file's lines, stored as they came
+        lines = Lines.of([orjson.dumps(r.value) for r in big])
+        big = OutgoingBatch([None] * 200, cast(list[bytes], lines), [1] * 200, raw=True)
     with pytest.raises(LogFullError) as err:
         log.append("t", big)
     assert "disk is full" in str(err.value) and str(log.path) in str(err.value)

@@ -18,6 +18,7 @@ PUBLIC = [
     "JsonLinesSource",
     "KafkaLog",
     "Last",
+    "Lines",
     "Log",
     "Max",
     "Mean",

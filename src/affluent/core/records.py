@@ -305,9 +305,12 @@ class _Blob:
     lengths: array[int]  # empty with FLAG_LINES
     keys: list[str | None] | None
     headers: list[Headers | None] | None
-    values: memoryview
     blob: bytes
     start: int  # where the values begin in `blob`
+
+    @property
+    def values(self) -> memoryview:
+        return memoryview(self.blob)[self.start :]
 
 
 def _open_blob(blob: bytes, where: str, verify: bool) -> _Blob:
@@ -337,16 +340,15 @@ def _open_blob(blob: bytes, where: str, verify: bool) -> _Blob:
         pos += headers_len
     except orjson.JSONDecodeError as exc:
         raise LogCorruptError(f"{where}: damaged keys or headers ({exc})") from exc
-    values = body[pos:]
     start = _HEADER.size + pos
     if lines:
         if blob[-1:] != b"\n":  # and its reader counts the lines
             raise LogCorruptError(f"{where}: values section does not hold its {count} lines")
-    elif len(values) != sum(lengths) + max(count - 1, 0) + 2:
+    elif len(blob) - start != sum(lengths) + max(count - 1, 0) + 2:
         raise LogCorruptError(f"{where}: values section does not match its {count} lengths")
     if (keys is not None and len(keys) != count) or (headers is not None and len(headers) != count):
         raise LogCorruptError(f"{where}: keys or headers do not match its {count} records")
-    return _Blob(flags, count, times.tolist(), lengths, keys, headers, values, blob, start)
+    return _Blob(flags, count, times.tolist(), lengths, keys, headers, blob, start)
 
 
 def decode_batch(

@@ -348,10 +348,10 @@ class SQLiteLog(Log):
             keys = batch.keys if whole else [batch.keys[i] for i in idx]
             hdrs = batch.headers if (whole or batch.headers is None) else [batch.headers[i] for i in idx]
             rows = []
+            places: list[tuple[int, int]] = []
             blobs: list[list[bytes]] = []
-            runs = vals.runs(MAX_BATCH_RECORDS, MAX_BATCH_BYTES) if type(vals) is Lines else [vals[a:b] for a, b in _chunks(vals)]
             stop = 0
-            for run in runs:
+            for run in vals.runs(MAX_BATCH_RECORDS, MAX_BATCH_BYTES) if type(vals) is Lines else _runs(vals):
                 start, stop = stop, stop + len(run)
                 if position >= SEGMENT_BYTES:
                     segment, position = offset, 0
@@ -359,10 +359,11 @@ class SQLiteLog(Log):
                 parts = batch_parts(run, ts, keys[start:stop], hdrs[start:stop] if hdrs else None, checked=checked)
                 size = sum(map(len, parts))
                 rows.append((topic_id, p, offset, stop - start, min(ts), max(ts), now, size, b"", segment, position))
+                places.append((segment, position))
                 blobs.append(parts)
                 offset += stop - start
                 position += size
-            self.segments.write(topic_id, p, [(r[9], r[10]) for r in rows], blobs)
+            self.segments.write(topic_id, p, places, blobs)
             conn.executemany(
                 "INSERT INTO batches (topic_id, partition, base_offset, count, min_ts, max_ts, append_ms, size, data, segment, position) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -835,12 +836,9 @@ class _Segments:
 
     def write(self, topic_id: int, partition: int, places: Sequence[tuple[int, int]], blobs: Sequence[Sequence[bytes]]) -> None:
         """Write each blob (its parts) at its (segment, position); the blobs of one segment go in one system call."""
-        i = 0
-        while i < len(blobs):
-            segment, position = places[i]
-            j = i + 1
-            while j < len(blobs) and places[j][0] == segment:
-                j += 1
+        for segment, same in itertools.groupby(zip(places, blobs, strict=True), key=lambda pb: pb[0][0]):
+            group = list(same)
+            position = group[0][0][1]
             path = self.path(topic_id, partition, segment)
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
@@ -848,7 +846,7 @@ class _Segments:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
             try:
-                _write_at(fd, [part for parts in blobs[i:j] for part in parts], position)
+                _write_at(fd, [part for _, parts in group for part in parts], position)
                 if self.fsync:
                     os.fdatasync(fd)
             finally:
@@ -856,7 +854,6 @@ class _Segments:
             if not self.fsync:
                 with self._lock:
                     self._dirty.add(path)
-            i = j
 
     def read(self, topic_id: int, partition: int, segment: int, position: int, size: int) -> bytes | None:
         """`size` bytes at `position` (fewer when the file was cut short); None when the file is gone."""
@@ -921,8 +918,8 @@ def _write_at(fd: int, blobs: Sequence[bytes], position: int) -> None:
             buffers[0] = buffers[0][n:]
 
 
-def _chunks(values: Sequence[bytes]) -> list[tuple[int, int]]:
-    """Split into runs of at most MAX_BATCH_RECORDS records and about MAX_BATCH_BYTES bytes."""
+def _runs(values: Sequence[bytes]) -> list[Sequence[bytes]]:
+    """Split into runs of at most MAX_BATCH_RECORDS values and about MAX_BATCH_BYTES bytes."""
     n = len(values)
     ends = list(itertools.accumulate(map(len, values)))  # ends[i]: bytes of values[0..i]
     out = []
@@ -932,6 +929,6 @@ def _chunks(values: Sequence[bytes]) -> list[tuple[int, int]]:
         # the run ends with the value that brings it to MAX_BATCH_BYTES
         full = bisect.bisect_left(ends, (ends[start - 1] if start else 0) + MAX_BATCH_BYTES, start, stop)
         stop = min(stop, full + 1)
-        out.append((start, stop))
+        out.append(values[start:stop])
         start = stop
     return out
