@@ -37,11 +37,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import orjson
@@ -179,7 +180,7 @@ def run_query(log: Log, ads: dict[str, str], *, typed: bool, name: str) -> tuple
 
 
 # -- one side, in a process of its own ------------------------------------------------------------------------
-def side(kind: str, path: Path, ads: dict[str, str], out: Path) -> None:
+def side(kind: str, path: Path, ads: dict[str, str], out: Path, timeline: bool = False) -> None:
     """Run one side and write its time, peak RSS and windows to `out` (affluent is imported only here: Bytewax's Python has none)."""
     counts: Counts = {}
     child_rss_mb = 0.0
@@ -206,8 +207,11 @@ def side(kind: str, path: Path, ads: dict[str, str], out: Path) -> None:
             else:
                 p = ysb_pipeline(ads, typed=kind == "typed", source=JsonLinesSource(path))
             rt = Runtime(log, metrics=Metrics()).add(p)
+            marks = Marks(rt, t0) if timeline else None
             rt.run_to_end()
             elapsed = time.perf_counter() - t0
+            if marks is not None:
+                marks.report(kind, elapsed)
             child_rss_mb = sum(getattr(st, "peak_rss_mb", 0.0) for st in rt.source_tasks)  # the file source's own process
             if kind != "append":
                 counts = window_counts(log, "ysb")
@@ -216,6 +220,41 @@ def side(kind: str, path: Path, ads: dict[str, str], out: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
     rss_mb = peak_rss_mb() + child_rss_mb
     out.write_bytes(orjson.dumps({"seconds": elapsed, "rss_mb": rss_mb, "counts": [[k[0], k[1], n] for k, n in sorted(counts.items())]}))
+
+
+class Marks:
+    """When, from the side's start, the source's first records were appended, its last, and the
+    pipeline's last read: which of the two processes the end-to-end time waits for."""
+
+    def __init__(self, rt: Any, t0: float) -> None:
+        self.t0 = t0
+        self.first_append: float | None = None
+        self.last_append: float | None = None
+        self.all_read: float | None = None
+        self.total = 0
+        threading.Thread(target=self._watch, args=(rt,), daemon=True).start()
+
+    def _watch(self, rt: Any) -> None:
+        while True:
+            now = time.perf_counter() - self.t0
+            appended = sum(st.records_out for st in rt.source_tasks)
+            if appended and self.first_append is None:
+                self.first_append = now
+            if rt.source_tasks and all(st.status == "done" for st in rt.source_tasks) and self.last_append is None:
+                self.last_append, self.total = now, appended
+            if self.total and all(t.records_in >= self.total for t in rt.tasks) and self.all_read is None:
+                self.all_read = now
+            time.sleep(0.005)
+
+    def report(self, kind: str, elapsed: float) -> None:
+        def at(t: float | None) -> str:
+            return "-" if t is None else f"{t:.2f} s"
+
+        print(
+            f"  {kind}: first records appended at {at(self.first_append)}, last at {at(self.last_append)}; "
+            f"all read by the pipeline at {at(self.all_read)}; end (final windows) at {elapsed:.2f} s",
+            file=sys.stderr,
+        )
 
 
 def append_objects(path: Path, folder: Path) -> float:
@@ -276,10 +315,11 @@ def run_bytewax(path: Path, ads: dict[str, str]) -> Counts:
     return result
 
 
-def run_side(kind: str, path: Path, ads_path: Path, python: str, folder: Path) -> tuple[float, float, Counts]:
+def run_side(kind: str, path: Path, ads_path: Path, python: str, folder: Path, timeline: bool = False) -> tuple[float, float, Counts]:
     out = folder / f"{kind}.json"
     os.sync()  # no side waits for the disk to write back what the one before it wrote
-    subprocess.run([python, __file__, "--side", kind, "--file", str(path), "--ads", str(ads_path), "--out", str(out)], check=True)
+    extra = ["--timeline"] if timeline and kind in ("typed", "dicts") else []
+    subprocess.run([python, __file__, "--side", kind, "--file", str(path), "--ads", str(ads_path), "--out", str(out), *extra], check=True)
     r = orjson.loads(out.read_bytes())
     return r["seconds"], r["rss_mb"], {(c, s): n for c, s, n in r["counts"]}
 
@@ -298,7 +338,7 @@ def measure(n: int, args: argparse.Namespace, kinds: list[str]) -> dict[str, tup
         for _ in range(args.repeat):
             for kind in kinds:
                 python = args.bytewax_python if kind == "bytewax" else sys.executable
-                got = run_side(kind, path, ads_path, python, folder)
+                got = run_side(kind, path, ads_path, python, folder, args.timeline)
                 if kind not in best or got[0] < best[kind][0]:
                     best[kind] = got
         return best
@@ -336,13 +376,14 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1, help="runs of each side; the best is reported")
     ap.add_argument("--bytewax-python", help="a Python with bytewax installed, to run the peer")
     ap.add_argument("--scale", action="store_true", help="plain and affluent (typed) at 100K, 1M and 10M events")
+    ap.add_argument("--timeline", action="store_true", help="print when affluent's appends start and end, and when its pipeline has read all")
     ap.add_argument("--side", help=argparse.SUPPRESS)
     ap.add_argument("--file", help=argparse.SUPPRESS)
     ap.add_argument("--ads", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side:
-        side(args.side, Path(args.file), json.loads(Path(args.ads).read_text()), Path(args.out))
+        side(args.side, Path(args.file), json.loads(Path(args.ads).read_text()), Path(args.out), args.timeline)
         return 0
 
     if args.scale:
