@@ -169,8 +169,8 @@ def main() -> None:
             rate = best[name]["counts"]["readings"] / best[name]["seconds"]
             print(f"{name:<10} {rate:>12,.0f} {rate / base:>6.2f}x {best[name]['rss_mb']:>7.0f} MB")
         same_counts = best["plain"]["counts"] == best["affluent"]["counts"]
-        got = lake_rows(root / "affluent-0" / ".affluent" / "lake").select(list(lake_rows(root / "plain-0").column_names))
-        same_lake = got.equals(lake_rows(root / "plain-0"))
+        want = lake_rows(root / "plain-0")
+        same_lake = lake_rows(root / "affluent-0" / ".affluent" / "lake").select(want.column_names).equals(want)
         print(f"counts {best['affluent']['counts']}; equal to the plain loop's: {same_counts}; lake rows equal: {same_lake}")
         if not (same_counts and same_lake):
             raise SystemExit("the two sides differ")

@@ -41,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     "SourcePoll": "affluent.core.sources",
     "Lines": "affluent.core.records",
     "Sink": "affluent.core.sinks",
+    "Batch": "affluent.core.operators",
     "ParquetLakeSink": "affluent.sinks.lake",
     "ServingSink": "affluent.sinks.serving",
     "ReplaySource": "affluent.sources.replay",

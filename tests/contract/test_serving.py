@@ -287,12 +287,19 @@ def test_a_batch_taken_as_columns_is_stored_as_its_records_would_be(tmp_path: Pa
     def columns_of(vs: list[dict[str, object]], ts: list[int]) -> dict[str, list[object]]:
         return {c: [v[c] for v in vs] for c in cols}
 
+    def last_b(name: str) -> list[object]:
+        return [r["b"] for r in read_serving(tmp_path / f"{name}.db", "SELECT * FROM t ORDER BY k")]
+
     for name, kw in (("rows", {}), ("columns", {"columns_of": columns_of})):
         s = ServingSink(tmp_path / f"{name}.db", "t", key_columns=("k",), columns=cols, **kw)  # type: ignore[arg-type]
         s.open()
-        s.write_batch(Batch([None] * len(values), values, [0] * len(values), range(len(values))), "in", 0)
-        s.flush()
+        # well-typed values, several rows a key (taken a column at a time), then the odd one (row by row)
+        for part, base in ((values[:30], 0), (values[30:], 30)):
+            s.write_batch(Batch([None] * len(part), part, [0] * len(part), range(base, base + len(part))), "in", 0)
+            s.flush()
+            if base == 0:
+                assert last_b(name) == [28, 29, 23, 24, 25, 26, 27]  # the last of each key
         s.close()
     got = read_serving(tmp_path / "columns.db", "SELECT * FROM t ORDER BY k")
     assert got == read_serving(tmp_path / "rows.db", "SELECT * FROM t ORDER BY k")
-    assert [r["b"] for r in got] == [28, None, 23, 24, 25, 26, 27]  # the last of each key
+    assert last_b("columns") == [28, None, 23, 24, 25, 26, 27]

@@ -42,7 +42,7 @@ class CryptoRun:
         rt = Runtime(self.log, metrics=self.metrics)
         for p in self.pipelines:
             rt.add(p)
-        run_runtime_until(rt, lambda: until() and self._caught_up(rt), timeout_s=timeout_s)
+        run_runtime_until(rt, lambda: until() and self._caught_up(rt), timeout_s=timeout_s, poll_s=0.1)
 
     def _caught_up(self, rt: Runtime) -> bool:
         """Every pipeline has read all of its input (the live sources never say they are done)."""

@@ -62,6 +62,7 @@ class JobsRun:
             timeout_s=timeout_s,
             during=during,
             what=lambda: f"not backfilled: {self.source.windows_done} windows, {self.source.offers} offers",
+            poll_s=0.1,
         )
 
     def _appended(self, rt: Runtime) -> bool:

@@ -10,6 +10,7 @@ import affluent
 PUBLIC = [
     "AffluentError",
     "Aggregate",
+    "Batch",
     "ConfigError",
     "Count",
     "FencedError",

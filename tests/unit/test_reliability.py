@@ -86,7 +86,8 @@ def test_a_lake_flush_never_writes_rows_already_committed_by_another_writer(tmp_
 def test_a_lake_takes_whole_batches_as_columns_as_it_takes_records(tmp_path: Path) -> None:
     hour = 3_600_000
     times = [1_773_136_800_000 + i * hour // 4 for i in range(10)]  # across three hours
-    values = [{"i": i, "name": f"n{i}"} for i in range(10)]
+    times += [times[-1] + hour + i for i in range(4)]  # then a batch within one hour
+    values = [{"i": i, "name": f"n{i}"} for i in range(14)]
 
     def columns_of(vs: list[dict[str, Any]], ts: list[int]) -> dict[str, list[Any]]:
         return {"i": [v["i"] for v in vs], "name": [v["name"] for v in vs], "ts_ms": ts}
@@ -97,11 +98,14 @@ def test_a_lake_takes_whole_batches_as_columns_as_it_takes_records(tmp_path: Pat
         sink.open()
         sink.write_batch(Batch([None] * 6, values[:6], times[:6], range(6)), "t", 0)
         sink.flush()
-        sink.write_batch(Batch([None] * 10, values, times, range(10)), "t", 0)  # replayed after a crash: 0-5 are in the lake
+        sink.write_batch(Batch([None] * 10, values[:10], times[:10], range(10)), "t", 0)  # replayed after a crash: 0-5 are in the lake
         sink.flush()
+        for _ in range(2):  # one hour's batch, and its replay
+            sink.write_batch(Batch([None] * 4, values[10:], times[10:], range(10, 14)), "t", 0)
+            sink.flush()
     assert lake_rows(tmp_path, "columns") == lake_rows(tmp_path, "rows")
-    assert [r["i"] for r in lake_rows(tmp_path, "columns")] == list(range(10))
-    assert len(list((tmp_path / "columns").glob("date=*/hour=*"))) == 3
+    assert [r["i"] for r in lake_rows(tmp_path, "columns")] == list(range(14))
+    assert len(list((tmp_path / "columns").glob("date=*/hour=*"))) == 4
 
 
 class BrokenSource(Source):

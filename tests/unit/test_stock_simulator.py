@@ -277,3 +277,15 @@ def test_many_stores_for_load_tests() -> None:
     assert len({r.value["store_id"] for r in rows}) == 200
     assert all(r.key == f"{r.value['store_id']}/{r.value['product_id']}" for r in rows)
     assert set(PRODUCTS) == {r.value["product_id"] for r in rows}
+
+
+def test_a_long_period_simulated_at_once_runs_in_a_process_of_its_own() -> None:
+    """3 stores x 10 products every 2 s: a day is 1,296,000 readings, CPU work for another core; an hour
+    (64,800), a real-pace run, or one at a finite speed stay in a thread."""
+    model = StockSimulator(seed=1, stores=3, period_s=2)
+    day = DAY_MS
+    assert SimulatorSource(model, speed=math.inf, start_ms=MONDAY, end_ms=MONDAY + day).own_process
+    assert not SimulatorSource(model, speed=math.inf, start_ms=MONDAY, end_ms=MONDAY + day // 24).own_process
+    assert SimulatorSource(model, speed=math.inf, start_ms=MONDAY).own_process  # a backfill up to now, of unknown length
+    assert not SimulatorSource(model, speed=1.0).own_process
+    assert not SimulatorSource(model, speed=600, start_ms=MONDAY, end_ms=MONDAY + day).own_process

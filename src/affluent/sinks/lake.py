@@ -218,7 +218,7 @@ class ParquetLakeSink(Sink):
         """Take a whole batch of one topic partition: with `columns_of`, as columns straight from the
         values (the rows of one date and hour, nearly every batch, are checked for the partition once)."""
         if self.columns_of is None or not batch.values:
-            self.write(batch.records(topic, partition))
+            super().write_batch(batch, topic, partition)
             return
         tp = f"{topic}:{partition}"
         values, times, offsets = batch.values, batch.timestamps, batch.offsets
@@ -229,12 +229,10 @@ class ParquetLakeSink(Sink):
             values, times, offsets = batch.values, batch.timestamps, batch.offsets
             if not values:
                 return
-        first, last = self._partition_of(min(times)), self._partition_of(max(times))
-        table = self._table(pa.Table.from_pydict, self.columns_of(values, times))
-        if first == last:  # a date/hour folder holds one span of time: rows between two of its times are in it too
-            self._buffer.setdefault(first, []).append((table, [tp] * len(values), list(offsets)))
-        else:
-            self._add(table, [self._partition_of(t) for t in times], [tp] * len(values), list(offsets))
+        first = self._partition_of(min(times))
+        # a date/hour folder holds one span of time: rows between two of its times are in it too
+        parts = [first] * len(times) if first == self._partition_of(max(times)) else [self._partition_of(t) for t in times]
+        self._add(self._table(pa.Table.from_pydict, self.columns_of(values, times)), parts, [tp] * len(values), list(offsets))
 
     def _in_lake(self, tp: str, offset: int) -> bool:
         """The record at `offset` of topic partition `tp` is in the lake already (replayed after a crash)."""
@@ -267,14 +265,14 @@ class ParquetLakeSink(Sink):
 
     def _add(self, table: pa.Table, parts: list[tuple[str, str]], tps: list[str], offsets: list[int]) -> None:
         """Buffer the rows of `table` by date and hour, with where each came from."""
+        if parts and parts.count(parts[0]) == len(parts):  # one date and hour, nearly every batch
+            self._buffer.setdefault(parts[0], []).append((table, tps, offsets))
+            return
         groups: dict[tuple[str, str], list[int]] = {}
         for i, part in enumerate(parts):
             groups.setdefault(part, []).append(i)
         for part, idx in groups.items():
-            whole = len(idx) == len(parts)
-            self._buffer.setdefault(part, []).append(
-                (table if whole else table.take(idx), tps if whole else [tps[i] for i in idx], offsets if whole else [offsets[i] for i in idx])
-            )
+            self._buffer.setdefault(part, []).append((table.take(idx), [tps[i] for i in idx], [offsets[i] for i in idx]))
 
     def discard(self) -> None:
         self._buffer.clear()

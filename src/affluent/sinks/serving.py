@@ -317,7 +317,7 @@ class ServingSink(Sink):
     def write_batch(self, batch: Batch, topic: str, partition: int) -> None:
         """Take a whole batch: with `columns_of`, checked a column at a time straight from the values."""
         if self.columns_of is None:
-            self.write(batch.records(topic, partition))
+            super().write_batch(batch, topic, partition)
         else:
             self._write_columns(self.columns_of(batch.values, batch.timestamps))
 
@@ -325,10 +325,10 @@ class ServingSink(Sink):
         n = len(next(iter(given.values()), ()))
         if any(len(col) != n for col in given.values()):
             raise ConfigError(f"serving table {self.table!r}: columns_of gave columns of different lengths")
-        cols = self._checked_columns({c: given.get(c) or [None] * n for c in self.columns})
+        full = {c: given.get(c) or [None] * n for c in self.columns}
+        cols = self._checked_columns(full)
         if cols is None:  # some value needs the row-by-row checks, which convert it or say what is wrong
-            names = list(self.columns)
-            self._buffer_rows([self._values(dict(zip(names, row, strict=True))) for row in zip(*(given.get(c) or [None] * n for c in names), strict=True)])
+            self._buffer_rows([self._values(dict(zip(full, row, strict=True))) for row in zip(*full.values(), strict=True)])
         else:
             self._buffer_columns(cols)
 

@@ -122,8 +122,9 @@ def run_runtime_until(
     timeout_s: float = 30.0,
     during: Callable[[], None] | None = None,
     what: Callable[[], str] = lambda: "the condition does not hold",
+    poll_s: float = 0.02,
 ) -> Runtime:
-    """Start `rt`, wait until `until()` holds (calling `during()` at each look), then stop it.
+    """Start `rt`, wait until `until()` holds (calling `during()` at each look, every `poll_s`), then stop it.
 
     The first error of a task is raised; after `timeout_s`, a TimeoutError says `what()` and the status.
     """
@@ -137,7 +138,7 @@ def run_runtime_until(
                 raise TimeoutError(f"after {timeout_s} s, {what()}; status: {rt.status()}")
             if during is not None:
                 during()
-            time.sleep(0.02)
+            time.sleep(poll_s)
     finally:
         rt.stop()
     if rt.errors:

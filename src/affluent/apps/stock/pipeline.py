@@ -35,6 +35,7 @@ from affluent.apps.stock.readings import (
     event_time_ms,
     lake_columns,
     reading_id,
+    shelf_columns,
     shelf_key,
     source_key,
 )
@@ -165,7 +166,7 @@ def build_pipelines(
     requests.to_topic(RESTOCK)
     if serving_db is not None:
         keys = ("store_id", "product_id")
-        checked.to_sink(ServingSink(serving_db, "stock_shelves", key_columns=keys, columns=SHELF_COLUMNS, columns_of=_shelf_columns))
+        checked.to_sink(ServingSink(serving_db, "stock_shelves", key_columns=keys, columns=SHELF_COLUMNS, columns_of=shelf_columns))
         requests.to_sink(ServingSink(serving_db, "stock_restock", key_columns=keys, columns=RESTOCK_COLUMNS, row=_restock_row))
 
     lake = Pipeline("stock-lake", commit_interval_ms=lake_commit_ms, max_event_ahead_ms=max_event_ahead_ms)
@@ -175,15 +176,6 @@ def build_pipelines(
     stored = _drop_redeliveries(stored, redelivery_window)
     stored.to_sink(ParquetLakeSink(lake_root, DATASET, columns_of=lake_columns, schema=LAKE_SCHEMA, tz="UTC"))
     return [main, lake]
-
-
-_SHELF_FIELDS = {name: operator.itemgetter(name) for name in ("store_id", "product_id", "sensor_id", "quantity", "threshold", "alert", "location")}
-
-
-def _shelf_columns(values: list[dict[str, Any]], times: list[int]) -> dict[str, list[Any]]:
-    columns = {name: list(map(get, values)) for name, get in _SHELF_FIELDS.items()}
-    locs = columns.pop("location")
-    return {**columns, "ts_ms": times, "lat": list(map(operator.itemgetter("lat"), locs)), "lon": list(map(operator.itemgetter("lon"), locs))}
 
 
 def _restock_row(r: Record) -> dict[str, Any]:

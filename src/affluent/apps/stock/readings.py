@@ -88,34 +88,10 @@ def _coord(loc: dict[str, Any], name: str, bound: float) -> None:
         raise BadReadingError(f"location.{name} must be a number within ±{bound:g}, not {x!r}"[:200])
 
 
-_NUMBER = (int, float)
-
-
 def check_reading(v: Any) -> dict[str, Any]:
     """The reading, with `store_id` and `reading_id` filled in; raises BadReadingError saying what is wrong."""
-    # fast path for a complete, well-formed reading (nearly all of them); anything else gets the full check
-    if type(v) is dict:
-        q, t, loc = v.get("quantity"), v.get("threshold"), v.get("location")
-        if (
-            type(q) is int
-            and type(t) is int
-            and q >= 0
-            and t > 0
-            and v.get("alert") is (q < t)
-            and v.get("product_id") in THRESHOLDS
-            and type(v.get("sensor_id")) is str
-            and v["sensor_id"]
-            and type(v.get("reading_id")) is str
-            and type(v.get("timestamp")) is str
-            and type(loc) is dict
-        ):
-            store: Any = loc.get("store")
-            lat: Any = loc.get("lat")
-            lon: Any = loc.get("lon")
-            if type(store) is str and v.get("store_id") == store and type(lat) in _NUMBER and type(lon) in _NUMBER and -90 <= lat <= 90 and -180 <= lon <= 180:
-                parse_timestamp_ms(v["timestamp"])
-                return v
-    return _check_fully(v)
+    # a complete, well-formed reading (nearly all of them) passes as it is; anything else gets the full check
+    return v if _all_well_formed([v]) else _check_fully(v)
 
 
 def _check_fully(v: Any) -> dict[str, Any]:
@@ -167,7 +143,7 @@ def check_readings(values: list[Any]) -> list[dict[str, Any]]:
     """`check_reading` over a batch; raises at the first bad reading.
 
     A batch of complete, well-formed readings (nearly all of them) is checked a field at a time across
-    the batch, with the very conditions of `check_reading`'s fast path, and passes unchanged.
+    the batch, and passes unchanged.
     """
     if _all_well_formed(values):
         return values
@@ -188,7 +164,7 @@ def _checked_or_none(v: Any) -> dict[str, Any] | None:
         return None
 
 
-#: the fields `check_reading`'s fast path looks at, each taken from every reading of a batch in one C-level pass
+#: the fields a well-formed reading is checked on, each taken from every reading of a batch in one C-level pass
 _CHECKED = ("quantity", "threshold", "alert", "product_id", "sensor_id", "reading_id", "timestamp", "store_id", "location")
 _GET = {name: operator.itemgetter(name) for name in _CHECKED}
 _GET_PLACE = {name: operator.itemgetter(name) for name in ("store", "lat", "lon")}
@@ -199,7 +175,7 @@ def _column(values: list[Any], name: str) -> list[Any]:
 
 
 def _all_well_formed(values: list[Any]) -> bool:
-    """Whether every value passes `check_reading`'s fast path, checked a field at a time across the batch.
+    """Whether every value is a complete, well-formed reading, checked a field at a time across the batch.
 
     A missing field (KeyError) or another shape only means "not sure": each value is then checked on its own.
     """
@@ -279,9 +255,13 @@ LAKE_SCHEMA = pa.schema(
 )
 
 
+def _coords(values: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    locs = _column(values, "location")
+    return {"lat": list(map(_GET_PLACE["lat"], locs)), "lon": list(map(_GET_PLACE["lon"], locs))}
+
+
 def lake_columns(values: list[dict[str, Any]], times: list[int]) -> dict[str, list[Any]]:
     """Checked readings and their event times as the columns of dataset `stock_readings` (event time `ts_ms`, UTC epoch ms)."""
-    locs = _column(values, "location")
     return {
         "reading_id": _column(values, "reading_id"),
         "ts_ms": times,
@@ -293,7 +273,12 @@ def lake_columns(values: list[dict[str, Any]], times: list[int]) -> dict[str, li
         "quantity": _column(values, "quantity"),
         "threshold": _column(values, "threshold"),
         "alert": _column(values, "alert"),
-        "lat": list(map(_GET_PLACE["lat"], locs)),  # an integer becomes a double in the table, as float() would make it
-        "lon": list(map(_GET_PLACE["lon"], locs)),
+        **_coords(values),  # an integer becomes a double in the table, as float() would make it
         "seq": [n if type(n := v.get("seq")) is int else None for v in values],
     }
+
+
+def shelf_columns(values: list[dict[str, Any]], times: list[int]) -> dict[str, list[Any]]:
+    """Checked readings as the columns of serving table stock_shelves (each shelf's latest reading)."""
+    named = ("store_id", "product_id", "sensor_id", "quantity", "threshold", "alert")
+    return {**{name: _column(values, name) for name in named}, "ts_ms": times, **_coords(values)}
