@@ -78,11 +78,11 @@ def test_a_restart_resumes_after_the_last_line_appended(tmp_path: Path) -> None:
 def test_a_killed_source_process_is_started_again_and_nothing_is_lost_or_doubled(tmp_path: Path) -> None:
     """The file source runs in a process of its own; SIGKILLed mid-file, it is started again and
     resumes from its last committed position: every line lands once."""
-    n = 60_000
+    n = 200_000  # thousands of small polls: the child is still at it when the first counts reach this process
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"".join(orjson.dumps({"k": f"k{i % 7}", "t": i}) + b"\n" for i in range(n)))
     log = SQLiteLog(tmp_path / "log.db")
-    rt = Runtime(log, metrics=Metrics()).add(build(path, chunk_bytes=4096, own_process=True))
+    rt = Runtime(log, metrics=Metrics()).add(build(path, chunk_bytes=1024, own_process=True))
     rt.start()
     st = rt.source_tasks[0]
     assert isinstance(st, ProcessSourceTask)
