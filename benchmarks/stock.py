@@ -12,8 +12,9 @@ Both sides make the same readings (the app's shelf simulator, seed 42, 3 stores 
   and writes alerts, restock requests and the serving tables, the "stock-lake" pipeline writes the
   lake, checkpoints included, until everything is read and committed.
 Each side runs in a process of its own and is timed from its start to its end (the affluent side's
-imports of its pipelines included, not the interpreter's start). Peak RSS is VmHWM, plus the peak of
-the simulator's own process when it runs in one. The sides' alert and restock counts and lake rows are
+imports of its pipelines included, not the interpreter's start). Peak RSS is the peak of the summed
+resident memory of the side's process and its children (affluent's simulator and lake run in processes
+of their own), sampled every 50 ms. The sides' alert and restock counts and lake rows are
 compared: they must be equal.
 """
 
@@ -22,10 +23,10 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -107,19 +108,46 @@ def affluent(a: argparse.Namespace, folder: Path) -> dict[str, int]:
     return counts
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory, plus that of its largest child (the simulator's own process)."""
-    with open("/proc/self/status") as f:
-        own = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
-    return own + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+def tree_rss_kb(pid: int) -> int:
+    """The resident memory of `pid` and of all its descendants, KiB (0 for a process gone meanwhile)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            own = next((int(line.split()[1]) for line in f if line.startswith("VmRSS")), 0)
+        children = [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    return own + sum(map(tree_rss_kb, children))
+
+
+class PeakRss:
+    """The peak of the summed resident memory of this process and its children (the simulator's and
+    the lake's own processes), sampled every 50 ms."""
+
+    def __init__(self) -> None:
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak_kb = max(self.peak_kb, tree_rss_kb(os.getpid()))
+
+    def stop_mb(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        with open("/proc/self/status") as f:  # this process's own peak, should it fall between two samples
+            own = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+        return max(self.peak_kb, own) / 1024
 
 
 def side(name: str, a: argparse.Namespace, folder: Path) -> None:
     gc.collect()
+    rss = PeakRss()
     t0 = time.perf_counter()
     counts = plain(a, folder) if name == "plain" else affluent(a, folder)
     elapsed = time.perf_counter() - t0
-    (folder / "result.json").write_bytes(orjson.dumps({"seconds": elapsed, "rss_mb": peak_rss_mb(), "counts": counts}))
+    (folder / "result.json").write_bytes(orjson.dumps({"seconds": elapsed, "rss_mb": rss.stop_mb(), "counts": counts}))
 
 
 def run_side(name: str, a: argparse.Namespace, folder: Path) -> dict[str, Any]:

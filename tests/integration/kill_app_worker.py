@@ -124,7 +124,12 @@ def stock_pipelines(folder: Path) -> list[Pipeline]:
     from affluent.config import StockSettings
 
     cfg = StockSettings(**STOCK_SETTINGS)
-    return build_pipelines(simulator_source(cfg), lake_root=folder / "lake", tz=store_tz(cfg), lake_commit_ms=LAKE_COMMIT_MS)
+    pipes = build_pipelines(simulator_source(cfg), lake_root=folder / "lake", tz=store_tz(cfg), lake_commit_ms=LAKE_COMMIT_MS)
+    # the lake in a thread of this process, where its flushes are announced (and KILL_APP_DIE_IN_MARKER
+    # dies); KILL_APP_OWN_PROCESS=1 runs it as shipped, in a process of its own
+    for p in pipes:
+        p.own_process = p.own_process and os.environ.get("KILL_APP_OWN_PROCESS") == "1"
+    return pipes
 
 
 def bikes_pipelines(folder: Path, recording: Path) -> list[Pipeline]:

@@ -11,7 +11,7 @@ import orjson
 
 from affluent import Count, JsonLinesSource, Pipeline, Runtime, SQLiteLog, TumblingWindow, col
 from affluent.core.metrics import Metrics
-from affluent.core.source_process import ProcessSourceTask
+from affluent.core.task_process import ProcessSourceTask
 from affluent.testing import read_topic
 
 

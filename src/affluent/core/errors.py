@@ -9,7 +9,7 @@
     │       └── LogFullError
     └── TerminalError               retrying will not help (bad config, schema mismatch, corruption)
         ├── ConfigError
-        ├── SourceProcessError      a source in a process of its own stopped on a terminal error
+        ├── TaskProcessError        a source or pipeline in a process of its own stopped on a terminal error
         ├── MissingDependencyError
         ├── LogError
         │   ├── UnknownTopicError
@@ -70,8 +70,8 @@ class ConfigError(TerminalError):
     """Invalid configuration."""
 
 
-class SourceProcessError(TerminalError):
-    """A source running in a process of its own stopped on a terminal error (the message says which)."""
+class TaskProcessError(TerminalError):
+    """A source or pipeline running in a process of its own stopped on a terminal error (the message says which)."""
 
 
 class MissingDependencyError(TerminalError):

@@ -87,6 +87,7 @@ class Pipeline:
         max_poll_records: int = 20_000,
         poll_interval_ms: int = 50,
         max_event_ahead_ms: int | None = DEFAULT_MAX_EVENT_AHEAD_MS,
+        own_process: bool = False,
     ) -> None:
         if not name or "/" in name or any(c.isspace() for c in name):
             raise PipelineError(f"bad pipeline name {name!r}")
@@ -98,6 +99,9 @@ class Pipeline:
         self.poll_interval_ms = poll_interval_ms
         #: a record timed further ahead of the wall clock is a dead letter (None: no bound, for simulated clocks)
         self.max_event_ahead_ms = max_event_ahead_ms
+        #: run in a process of its own, on another core than the other pipelines (its steps and sinks are
+        #: pickled: they must be importable; a pipeline that cannot be runs in a thread, and says why)
+        self.own_process = own_process
         self.inputs: dict[str, TopicInput] = {}
         self.sources: list[SourceBinding] = []
         self.tables: dict[str, Table] = {}

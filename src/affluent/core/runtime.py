@@ -38,9 +38,9 @@ from affluent.core.metrics import METRICS, Metrics
 from affluent.core.operators import Batch, key_str
 from affluent.core.pipeline import Pipeline, SourceBinding
 from affluent.core.records import Record, RecordBatch, decode_values, dumps, encode_values
-from affluent.core.source_process import ProcessSourceTask, can_run_apart
 from affluent.core.sources import SourcePoll
 from affluent.core.stateful import Table
+from affluent.core.task_process import ProcessPipelineTask, ProcessSourceTask, can_run_apart
 
 log = logging.getLogger("affluent.runtime")
 
@@ -197,8 +197,20 @@ class PipelineTask:
     group gives it, restores exactly their state, and checkpoints before letting one go.
     """
 
-    def __init__(self, pipeline: Pipeline, log_: Log, *, metrics: Metrics | None = None, owner: str | None = None, member: str | None = None) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        log_: Log,
+        *,
+        metrics: Metrics | None = None,
+        owner: str | None = None,
+        member: str | None = None,
+        parent_lease: bool = False,
+    ) -> None:
+        """parent_lease: the lease is held, renewed and released by the process that started this one
+        (a pipeline in a process of its own); the task commits under it."""
         self.pipeline = pipeline
+        self.parent_lease = parent_lease
         self.log = log_
         self.member = member
         self.membership: Membership | None = None
@@ -241,7 +253,8 @@ class PipelineTask:
         widest = max((len(lg.describe_topic(t).partitions) for t in p.inputs), default=1)
         lg.prepare_stores([f"{p.name}.{n.name}" for n in p.stateful_nodes()] + [f"{p.name}.tables"], widest)
         if self.member is None:
-            lg.acquire_lease(p.name, self.owner)
+            if not self.parent_lease:
+                lg.acquire_lease(p.name, self.owner)
         else:
             reasons = [r for n in p.nodes() if (r := n.single_owner_reason()) is not None]
             if reasons:
@@ -380,7 +393,7 @@ class PipelineTask:
         with contextlib.suppress(Exception):
             if self.membership is not None:
                 self.membership.leave()
-            else:
+            elif not self.parent_lease:
                 self.log.release_lease(self.pipeline.name, self.owner)
         if self.status == "running":
             self.status = "stopped"
@@ -903,7 +916,7 @@ class Runtime:
         self.log = log_
         self.metrics = metrics or METRICS
         self.pipelines: list[Pipeline] = []
-        self.tasks: list[PipelineTask] = []
+        self.tasks: list[PipelineTask | ProcessPipelineTask] = []
         self.source_tasks: list[SourceTask | ProcessSourceTask] = []
         self.stop_event = threading.Event()
         #: set first when stopping: sources end before their pipelines release the leases they append under
@@ -919,7 +932,7 @@ class Runtime:
         self._claims = threading.Lock()
         self._owner = ""
         #: (pipeline, owner, its task or None) for every lease this runtime holds
-        self._leases: list[tuple[str, str, PipelineTask | None]] = []
+        self._leases: list[tuple[str, str, PipelineTask | ProcessPipelineTask | None]] = []
         self._heartbeat: threading.Thread | None = None
         self._started = False
         #: (monotonic time, count) of the last status published per task, for records/s
@@ -948,7 +961,7 @@ class Runtime:
             self._start_sources(p, p.name, owner)
             task = None
             if p.reads:
-                task = PipelineTask(p, self.log, metrics=self.metrics, owner=owner)
+                task = self._pipeline_task(p, owner)
                 self.tasks.append(task)
                 self._spawn(f"pipeline-{p.name}", task.run, self.stop_event)
             self._leases.append((p.name, owner, task))
@@ -965,6 +978,15 @@ class Runtime:
             st = kind(b, self.log, metrics=self.metrics, dlq_topic=p.dlq_topic, lease=(lease, owner), max_event_ahead_ms=ahead, pipeline=p.name)
             self.source_tasks.append(st)
             self._source_threads.append(self._spawn(f"source-{b.source.name}", self._yielding(p, lease, st.run), self.sources_stop))
+
+    def _pipeline_task(self, p: Pipeline, owner: str) -> PipelineTask | ProcessPipelineTask:
+        """The pipeline's task: in a process of its own when it asks for one and can be sent there."""
+        if p.own_process:
+            reason = can_run_apart(p)
+            if reason is None:
+                return ProcessPipelineTask(p, self.log, metrics=self.metrics, owner=owner)
+            log.info("pipeline %s runs in a thread, not a process of its own: %s", p.name, reason)
+        return PipelineTask(p, self.log, metrics=self.metrics, owner=owner)
 
     def _own_process(self, b: SourceBinding) -> bool:
         """Whether `b` runs in a process of its own: its source asks for one, and it can be sent there."""
@@ -1057,10 +1079,10 @@ class Runtime:
             self._renew_leases(held)
             self._publish_statuses()
 
-    def _renew_leases(self, held: list[tuple[str, str, PipelineTask | None]]) -> None:
+    def _renew_leases(self, held: list[tuple[str, str, PipelineTask | ProcessPipelineTask | None]]) -> None:
         for lease in list(held):
             name, owner, task = lease
-            if task is not None and task.status not in ("created", "running"):
+            if task is not None and task.status not in ("created", "running", "restarting"):
                 held.remove(lease)  # it ended and released its lease
                 continue
             try:
@@ -1248,10 +1270,10 @@ class Runtime:
             time.sleep(pause)
             pause = min(pause * 1.5, 0.1)  # asking takes the pipelines' interpreter lock: less often as it goes on
 
-    def _upstream_first(self) -> list[PipelineTask]:
+    def _upstream_first(self) -> list[PipelineTask | ProcessPipelineTask]:
         """Tasks ordered so that one writing a topic comes before those reading it (as added, in a cycle)."""
         left = list(self.tasks)
-        order: list[PipelineTask] = []
+        order: list[PipelineTask | ProcessPipelineTask] = []
         while left:
             writes = {t for task in left for t in task.pipeline.output_topics}
             ready = [t for t in left if not writes & (set(t.pipeline.inputs) - set(t.pipeline.output_topics))] or left[:1]

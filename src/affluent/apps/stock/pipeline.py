@@ -13,7 +13,8 @@
 
 The lake has a pipeline of its own so that it can commit (write Parquet files) every
 `stock.lake_commit_s` seconds, while alerts and restock requests go out within a fraction of a
-second. It skips the readings that "stock" dead-letters, without dead-lettering them twice.
+second. It runs in a process of its own, on another core. It skips the readings that "stock"
+dead-letters, without dead-lettering them twice.
 """
 
 from __future__ import annotations
@@ -169,7 +170,8 @@ def build_pipelines(
         checked.to_sink(ServingSink(serving_db, "stock_shelves", key_columns=keys, columns=SHELF_COLUMNS, columns_of=shelf_columns))
         requests.to_sink(ServingSink(serving_db, "stock_restock", key_columns=keys, columns=RESTOCK_COLUMNS, row=_restock_row))
 
-    lake = Pipeline("stock-lake", commit_interval_ms=lake_commit_ms, max_event_ahead_ms=max_event_ahead_ms)
+    # its own process: the lake's decoding and Parquet take another core than alerts and restock
+    lake = Pipeline("stock-lake", commit_interval_ms=lake_commit_ms, max_event_ahead_ms=max_event_ahead_ms, own_process=True)
     # "stock" dead-letters undecodable readings; this pipeline skips them
     stored = lake.topic(READINGS, config=readings_config, dead_letters=False).batch_map(checked_or_none, name="check-reading")
     stored = stored.filter(_is_reading, name="checked-only").with_timestamp(event_time_ms, name="event-time")
