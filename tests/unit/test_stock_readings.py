@@ -10,7 +10,16 @@ import pytest
 
 from affluent.analytics.base import parse_when
 from affluent.analytics.stock import DUCKDB, SPARK, stock_questions
-from affluent.apps.stock.readings import BadReadingError, check_reading, check_readings, checked_or_none, event_time_ms, lake_columns, shelf_key
+from affluent.apps.stock.readings import (
+    BadReadingError,
+    _check_fully,
+    check_reading,
+    check_readings,
+    checked_or_none,
+    event_time_ms,
+    lake_columns,
+    shelf_key,
+)
 from affluent.core.errors import ConfigError
 
 GOOD: dict[str, Any] = {
@@ -91,6 +100,8 @@ ODD: list[Any] = [
     {**WHOLE[0], "location": {"store": "paris-12", "lat": 48.0, "lon": 181.0}},
     {**WHOLE[0], "location": {"store": "paris-12", "lat": float("nan"), "lon": 2.0}},
     {k: v for k, v in WHOLE[0].items() if k not in ("store_id", "reading_id")},  # good, completed
+    {**WHOLE[0], "reading_id": ""},  # good, its id made
+    {**WHOLE[0], "store_id": "", "location": {"store": "", "lat": 48.85, "lon": 2.34}},
     [1, 2],
 ]
 
@@ -100,8 +111,8 @@ def test_a_batch_is_checked_as_each_of_its_readings() -> None:
     assert checked_or_none(WHOLE) is WHOLE
     for odd in ODD:
         batch = [*WHOLE, odd]
-        try:
-            want: Any = [check_reading(v) for v in batch]
+        try:  # each reading checked field by field, never by the batch check
+            want: Any = [_check_fully(v) for v in batch]
         except BadReadingError as exc:
             with pytest.raises(BadReadingError, match=re.escape(str(exc))):
                 check_readings(batch)

@@ -189,8 +189,8 @@ def _all_well_formed(values: list[Any]) -> bool:
             return False
         if not set(map(_GET["product_id"], values)) <= THRESHOLDS.keys():
             return False
-        sensors = _column(values, "sensor_id")
-        if set(map(type, sensors)) != {str} or not all(sensors) or set(map(type, map(_GET["reading_id"], values))) != {str}:
+        sensors, ids = _column(values, "sensor_id"), _column(values, "reading_id")
+        if set(map(type, sensors)) != {str} or not all(sensors) or set(map(type, ids)) != {str} or not all(ids):  # an empty id is made
             return False
         stamps = _column(values, "timestamp")
         if set(map(type, stamps)) != {str}:
@@ -199,7 +199,7 @@ def _all_well_formed(values: list[Any]) -> bool:
         if set(map(type, locs)) != {dict}:
             return False
         stores = list(map(_GET_PLACE["store"], locs))
-        if set(map(type, stores)) != {str} or _column(values, "store_id") != stores:
+        if set(map(type, stores)) != {str} or not all(stores) or _column(values, "store_id") != stores:
             return False
         for name, bound in (("lat", 90), ("lon", 180)):
             xs = list(map(_GET_PLACE[name], locs))
