@@ -58,7 +58,7 @@ def run_command(
 ) -> None:
     """Shelf sensors -> stock.readings -> alerts (stock.alerts) -> restock requests (stock.restock); every reading in the lake."""
     from affluent.apps.stock.pipeline import pipelines
-    from affluent.cli.common import console
+    from affluent.cli.common import announce
     from affluent.cli.main import run_pipelines
 
     s = _settings(seed=seed, period_s=period_s, stores=stores, speed=speed, start=start, end=end, source=mqtt)
@@ -67,9 +67,7 @@ def run_command(
     except AffluentError as exc:
         _fail(exc)
         return
-    for p in made:
-        for b in p.sources:
-            console.print(f"stock: {b.source.describe()} -> {b.topic}", highlight=False)
+    announce("stock", made, s)
     run_pipelines(made, duration_s=duration_s, quiet=quiet, workers=workers, join=join)
 
 
