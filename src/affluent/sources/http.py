@@ -33,13 +33,18 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, ((when - _EPOCH) // _MS - now_ms()) / 1000)
 
 
+def excerpt(resp: httpx.Response) -> str:
+    """The start of a response's body, as text, for an error message."""
+    return resp.content[:200].decode("utf-8", "replace")
+
+
 def json_body(resp: httpx.Response, what: str, error: type[SourceUnavailableError], *, loads: Callable[[bytes], Any] = orjson.loads) -> Any:
     """The body as JSON, or `error` saying plainly what came instead: an HTML page, an error status, truncated JSON."""
     body = resp.content
     if body.lstrip()[:1] == b"<" or "html" in resp.headers.get("content-type", "").lower():
         raise error(f"{what} returned an HTML page (HTTP {resp.status_code}), not JSON: a maintenance or error page?")
     if resp.status_code >= 400:
-        raise error(f"{what}: HTTP {resp.status_code}: {body[:200].decode('utf-8', 'replace')}")
+        raise error(f"{what}: HTTP {resp.status_code}: {excerpt(resp)}")
     try:
         return loads(body)
     except ValueError as exc:  # orjson's and json's decode errors are ValueErrors

@@ -35,7 +35,7 @@ from affluent.core.errors import ConfigError, SourceUnavailableError
 from affluent.core.records import Record
 from affluent.core.sources import Source, SourcePoll
 from affluent.sources.crypto.coingecko import number
-from affluent.sources.http import json_body, parse_retry_after
+from affluent.sources.http import excerpt, json_body, parse_retry_after
 
 log = logging.getLogger("affluent.sources.crypto")
 
@@ -214,7 +214,7 @@ class BinanceTradeSource(Source):
             raise BinanceError(f"{what}: rate limited (HTTP {resp.status_code}); waiting {wait:g} s as asked", retry_after_s=wait)
         rows = json_body(resp, what, BinanceError)
         if not isinstance(rows, list):
-            raise BinanceError(f"{what}: not a list of trades: {resp.content[:200].decode('utf-8', 'replace')}")
+            raise BinanceError(f"{what}: not a list of trades: {excerpt(resp)}")
         return rows
 
     def _fill(self, symbol: str, out: list[Record], up_to: int | None = None) -> None:

@@ -38,7 +38,7 @@ from affluent.core.errors import SourceUnavailableError
 from affluent.core.records import Record
 from affluent.core.sources import Source, SourcePoll
 from affluent.sources.gbfs import parse_timestamp_ms
-from affluent.sources.http import json_body, parse_retry_after
+from affluent.sources.http import excerpt, json_body, parse_retry_after
 
 log = logging.getLogger("affluent.sources.crypto")
 
@@ -199,7 +199,7 @@ class CoinGeckoSource(Source):
             raise CoinGeckoError(f"{what}: rate limited (HTTP 429); waiting {wait:g} s as asked", retry_after_s=wait)
         doc = json_body(resp, what, CoinGeckoError, loads=_loads)
         if not isinstance(doc, list):
-            raise CoinGeckoError(f"{what} returned {type(doc).__name__}, not the markets array: {resp.content[:200].decode('utf-8', 'replace')}")
+            raise CoinGeckoError(f"{what} returned {type(doc).__name__}, not the markets array: {excerpt(resp)}")
         return doc
 
     def poll(self) -> SourcePoll:
