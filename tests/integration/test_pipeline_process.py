@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import pyarrow.parquet as pq
 import pytest
@@ -127,6 +128,23 @@ def test_a_pipeline_whose_process_is_killed_starts_again_and_ends_exactly_once(t
     assert sorted(orjson.loads(r.value)["offset"] if isinstance(r.value, bytes) else r.value["offset"] for r in read_topic(log, "p.dlq")) == list(
         range(0, n, BAD_EVERY)
     )
+
+
+class Event(msgspec.Struct):
+    k: str
+    t: int
+
+
+def test_a_typed_pipeline_runs_in_a_process_of_its_own(tmp_path: Path) -> None:
+    """Its topic's decoder (of a msgspec Struct) goes along, and is made again there."""
+    write_events(tmp_path / "events.jsonl", 1_000)
+    log = SQLiteLog(tmp_path / "log.db")
+    p = Pipeline("p", own_process=True)
+    p.source(JsonLinesSource(tmp_path / "events.jsonl"), topic="events", schema=Event).key_by(col("k"), name="k").to_topic("keyed")
+    rt = Runtime(log, metrics=Metrics()).add(p)
+    rt.run_to_end(timeout_s=60)
+    assert isinstance(rt.tasks[0], ProcessPipelineTask)
+    assert [(r.key, r.value["t"]) for r in read_topic(log, "keyed")] == [(f"k{i % 7}", i) for i in range(1_000)]
 
 
 def test_a_pipeline_that_fails_in_its_process_ends_the_run_with_its_error(tmp_path: Path) -> None:

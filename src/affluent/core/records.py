@@ -543,6 +543,10 @@ class ValueDecoder:
         if isinstance(schema, type) and issubclass(schema, msgspec.Struct):
             self.decode_marked = msgspec.json.Decoder(list[schema | int]).decode  # type: ignore[valid-type]
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its schema (a pipeline sent to a process of its own): the decoders are made again there."""
+        return ValueDecoder, (self.schema,)
+
 
 def decode_values(raw: Sequence[bytes], value_format: str = "json", decoder: ValueDecoder | None = None) -> tuple[list[Any], list[DecodeFailure]]:
     """Decode stored values one record each (backends that keep a record per value, such as Kafka)."""
