@@ -17,11 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from affluent import Count, JsonLinesSource, Pipeline, Runtime, SQLiteLog, TumblingWindow, col
-from affluent.core.errors import ConfigError, TaskProcessError
+from affluent.core.errors import ConfigError, FencedError, TaskProcessError
 from affluent.core.metrics import Metrics
 from affluent.core.runtime import PipelineTask
 from affluent.core.sinks import Sink
-from affluent.core.task_process import ProcessPipelineTask
+from affluent.core.task_process import ProcessPipelineTask, can_run_apart
 from affluent.sinks.lake import ParquetLakeSink
 from affluent.testing import read_topic
 
@@ -30,6 +30,7 @@ BAD_EVERY = 97
 
 def checked(v: dict[str, Any]) -> dict[str, Any]:
     if v["t"] % BAD_EVERY == 0:
+        print(f"refusing {v['t']}")  # a step that prints: never mixed with the child's reports
         raise ValueError(f"t {v['t']} is a multiple of {BAD_EVERY}")
     return v
 
@@ -142,8 +143,17 @@ def test_a_typed_pipeline_runs_in_a_process_of_its_own(tmp_path: Path) -> None:
     p = Pipeline("p", own_process=True)
     p.source(JsonLinesSource(tmp_path / "events.jsonl"), topic="events", schema=Event).key_by(col("k"), name="k").to_topic("keyed")
     rt = Runtime(log, metrics=Metrics()).add(p)
+    rt.start()
+    (task,) = rt.tasks
+    assert isinstance(task, ProcessPipelineTask)
+    deadline = time.monotonic() + 30
+    while task.status != "running":
+        assert time.monotonic() < deadline, task.status
+        time.sleep(0.01)
+    assert task.pid is not None
+    os.kill(task.pid, signal.SIGINT)  # a Ctrl+C reaches the terminal's processes: the parent, not the child, decides
     rt.run_to_end(timeout_s=60)
-    assert isinstance(rt.tasks[0], ProcessPipelineTask)
+    assert task.restarts == 0 and task.status == "stopped"
     assert [(r.key, r.value["t"]) for r in read_topic(log, "keyed")] == [(f"k{i % 7}", i) for i in range(1_000)]
 
 
@@ -189,3 +199,37 @@ def test_a_pipeline_that_cannot_be_sent_to_a_process_runs_in_a_thread(tmp_path: 
     assert isinstance(rt.tasks[0], PipelineTask)
     assert "pipeline p runs in a thread, not a process of its own: it cannot be pickled" in caplog.text
     assert [r.value["t"] for r in read_topic(log, "out")] == [2 * i for i in range(100)]
+
+
+def test_a_pipeline_that_loses_its_lease_stops_its_process_and_writes_nothing_more(tmp_path: Path) -> None:
+    """Taken over (a stale lease), the pipeline's process is stopped: the run ends fenced, and the
+    rows its lake held since its last commit are never written."""
+    n = 5_000
+    write_events(tmp_path / "events.jsonl", n)
+    log = SQLiteLog(tmp_path / "log.db")
+    rt = Runtime(log, metrics=Metrics()).add(build(tmp_path / "events.jsonl", tmp_path / "lake", commit_ms=600_000))
+    rt.start()
+    (task,) = rt.tasks
+    assert isinstance(task, ProcessPipelineTask)
+    deadline = time.monotonic() + 30
+    while task.records_in < n:
+        assert time.monotonic() < deadline, (task.status, task.records_in)
+        time.sleep(0.01)
+    SQLiteLog(log.path).acquire_lease("p", "new-owner", takeover_after_s=0)
+    while task.status == "running":
+        assert time.monotonic() < deadline, task.status
+        time.sleep(0.05)
+    rt.stop()
+    assert task.status == "fenced" and any(isinstance(e, FencedError) for e in rt.errors), (task.status, task.error, rt.errors)
+    assert lake_times(tmp_path / "lake") == []
+    assert log.committed("p", "events") == {}
+
+
+def test_a_log_that_keeps_its_leases_in_its_process_runs_the_pipeline_in_a_thread() -> None:
+    from affluent.core.kafka_log import KafkaLog
+
+    kafka = KafkaLog("127.0.0.1:1")  # no broker needed: nothing is sent
+    try:
+        assert can_run_apart(Pipeline("p", own_process=True), kafka) == "the log kafka://127.0.0.1:1 keeps its leases in this process"
+    finally:
+        kafka.close()

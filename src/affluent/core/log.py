@@ -356,6 +356,11 @@ class Log(ABC):
     @abstractmethod
     def release_lease(self, name: str, owner: str) -> None: ...
 
+    def for_child(self) -> tuple[str, dict[str, Any]] | None:
+        """How a child process opens this log (`open_log(url, **options)`) to commit under a lease this
+        process holds; None when it cannot (the lease lives in this process, as a Kafka producer's does)."""
+        return None
+
     def join(self, group: str, member: str, topics: Sequence[str], on_revoke: Callable[[set[TP]], None], *, session_s: float = 10.0) -> Membership:
         """Join `group` as `member`, to share the partitions of `topics` with its other members.
 

@@ -982,7 +982,7 @@ class Runtime:
     def _pipeline_task(self, p: Pipeline, owner: str) -> PipelineTask | ProcessPipelineTask:
         """The pipeline's task: in a process of its own when it asks for one and can be sent there."""
         if p.own_process:
-            reason = can_run_apart(p)
+            reason = can_run_apart(p, self.log)
             if reason is None:
                 return ProcessPipelineTask(p, self.log, metrics=self.metrics, owner=owner)
             log.info("pipeline %s runs in a thread, not a process of its own: %s", p.name, reason)
@@ -992,7 +992,7 @@ class Runtime:
         """Whether `b` runs in a process of its own: its source asks for one, and it can be sent there."""
         if not b.source.own_process or self.worker is not None:
             return False
-        reason = can_run_apart(b)
+        reason = can_run_apart(b, self.log)
         if reason is not None:
             log.info("source %s runs in a thread, not a process of its own: %s", b.source.name, reason)
         return reason is None

@@ -170,6 +170,9 @@ class SQLiteLog(Log):
             raise ConfigError(f"bad SQLite log URL {url!r}: expected sqlite:///path/to/log.db")
         return cls(path, **options)
 
+    def for_child(self) -> tuple[str, dict[str, Any]]:
+        return self.url, {"synchronous": self._synchronous, "busy_timeout_s": self._busy_timeout_s}
+
     # -- connections and errors -------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

@@ -5,9 +5,15 @@ core, instead of taking turns with the other tasks at Python's one interpreter l
 fresh interpreter (`python -m affluent.core.task_process`), never a fork of this threaded process,
 and it never runs the user's `__main__` again. It reads its task (pickled) on stdin, opens the log,
 and runs a `SourceTask` or a `PipelineTask` under the lease this process holds, exactly as a thread
-would: what it reads, makes and commits goes into the log in the same checkpoints. It reports on
-stdout, a JSON line every REPORT_S; lines on stdin ask a pipeline to treat its input as bounded or
-ended. Closing its stdin asks it to stop; a child whose parent is gone stops too.
+would: what it reads, makes and commits goes into the log in the same checkpoints. Only a log that a
+child can open and commit to under this process's lease can do this (`Log.for_child`: the embedded
+log; a Kafka producer's lease stays in its process).
+
+It reports on its own stdout, a JSON line every REPORT_S (what the task prints goes to stderr). Lines
+on its stdin ask a pipeline to treat its input as bounded or ended, and "stop" asks the task to stop
+as a thread's would (its last checkpoint committed). A child whose stdin ends without "stop", or whose
+parent is gone, exits at once, as if killed: the parent's successor takes over from the last
+checkpoint. Ctrl+C in a terminal reaches the parent, which stops the child.
 """
 
 from __future__ import annotations
@@ -17,10 +23,12 @@ import copy
 import logging
 import os
 import pickle
+import signal
 import struct
 import subprocess
 import sys
 import threading
+import time
 from typing import IO, Any
 
 import orjson
@@ -34,6 +42,8 @@ from affluent.core.pipeline import Pipeline, SourceBinding
 log = logging.getLogger("affluent.runtime")
 
 REPORT_S = 0.05
+#: a child asked to stop has this long to commit and end before it is killed
+STOP_S = 15.0
 
 
 def _sent(task: SourceBinding | Pipeline) -> SourceBinding | Pipeline:
@@ -45,8 +55,10 @@ def _sent(task: SourceBinding | Pipeline) -> SourceBinding | Pipeline:
     return alone
 
 
-def can_run_apart(task: SourceBinding | Pipeline) -> str | None:
+def can_run_apart(task: SourceBinding | Pipeline, log_: Log) -> str | None:
     """Why `task` cannot run in a process of its own (then it runs in a thread), or None when it can."""
+    if log_.for_child() is None:
+        return f"the log {log_.url} keeps its leases in this process"
     kind = type(task.source) if isinstance(task, SourceBinding) else type(task)
     if kind.__module__ == "__main__":
         return "its class is defined in __main__, which another interpreter cannot import"
@@ -67,9 +79,12 @@ class _Apart:
 
     def __init__(self, name: str, task: SourceBinding | Pipeline, log_: Log, options: dict[str, Any], max_backoff_s: float) -> None:
         self.name = name
+        opened = log_.for_child()
+        if opened is None:
+            raise TaskProcessError(f"{self.kind} {name}: the log {log_.url} keeps its leases in this process")
         # pickled now, before this process uses it (opens the sources); the child loads it once it
         # has this process's import path (a script's folder, a test's)
-        self._args = pickle.dumps((sys.path, pickle.dumps((self.kind, _sent(task), log_.url, options, os.getpid()))))
+        self._args = pickle.dumps((sys.path, pickle.dumps((self.kind, _sent(task), opened, options, os.getpid()))))
         self.max_backoff_s = max_backoff_s
         self.status = "created"
         self.error: str | None = None
@@ -79,6 +94,7 @@ class _Apart:
         self.peak_rss_mb = 0.0
         #: the running child's process id
         self.pid: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._control: IO[bytes] | None = None
         self._control_lock = threading.Lock()
 
@@ -110,31 +126,53 @@ class _Apart:
     def _stopping(self, stop: threading.Event) -> bool:
         return stop.is_set()
 
+    def ask_to_stop(self) -> None:
+        """Ask the running child to stop (its last checkpoint committed); killed if it has not in STOP_S."""
+        with self._control_lock:
+            control, proc = self._control, self._proc
+            if control is None or control.closed or proc is None:
+                return
+            with contextlib.suppress(OSError):
+                control.write(b"stop\n")
+                control.close()
+
+        def kill_if_running() -> None:
+            if proc.poll() is None:
+                proc.kill()
+
+        timer = threading.Timer(STOP_S, kill_if_running)
+        timer.daemon = True
+        timer.start()
+
     def run(self, stop: threading.Event) -> None:
         backoff = 1.0
-        while not stop.is_set():
+        # the child imports affluent as this process does, whatever put it on the path
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        while not self._stopping(stop):
             self._starting()
-            proc = subprocess.Popen([sys.executable, "-m", "affluent.core.task_process"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            started = time.monotonic()
+            proc = subprocess.Popen([sys.executable, "-m", "affluent.core.task_process"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
             assert proc.stdin is not None and proc.stdout is not None
             self.pid = proc.pid
             try:
-                with self._control_lock:
-                    proc.stdin.write(struct.pack("<Q", len(self._args)) + self._args + b"".join(self._hello()))
+                proc.stdin.write(struct.pack("<Q", len(self._args)) + self._args)
+                with self._control_lock:  # what it was told before it started, then what it is told as it runs
+                    proc.stdin.write(b"".join(self._hello()))
                     proc.stdin.flush()
-                    self._control = proc.stdin
-                self._relay(proc.stdout, proc.stdin, stop)
-            except (BrokenPipeError, OSError):
+                    self._control, self._proc = proc.stdin, proc
+                if self._stopping(stop):
+                    self.ask_to_stop()
+                self._relay(proc.stdout, stop)
+            except OSError:
                 pass  # the child died before it read its task: started again below
             finally:
                 with self._control_lock:
-                    self._control = None
+                    self._control = self._proc = None
                 for f in (proc.stdin, proc.stdout):
-                    try:
+                    with contextlib.suppress(OSError):
                         f.close()
-                    except OSError:
-                        pass
                 try:
-                    proc.wait(10)
+                    proc.wait(STOP_S)
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
@@ -142,8 +180,10 @@ class _Apart:
                 return
             if self.status in ("failed", "fenced"):
                 raise self._terminal()
-            if stop.is_set():
+            if self._stopping(stop):
                 break
+            if time.monotonic() - started > self.max_backoff_s:
+                backoff = 1.0  # it had run well for a while: a new fault starts a new series
             self.restarts += 1
             self.status = "restarting"
             self.error = f"its process ended (exit code {proc.returncode}); it starts again from the last checkpoint"
@@ -151,20 +191,23 @@ class _Apart:
             log.error("%s %s: %s, in %.1f s", self.kind, self.name, self.error, backoff)
             stop.wait(backoff)
             backoff = min(backoff * 2, self.max_backoff_s)
-        self.status = "stopped"
+        if self.status not in ("failed", "fenced"):
+            self.status = "stopped"
 
-    def _relay(self, reports: IO[bytes], control: IO[bytes], stop: threading.Event) -> None:
-        """Apply the child's reports until it ends; ask it to stop (close its stdin) once it should."""
+    def _relay(self, reports: IO[bytes], stop: threading.Event) -> None:
+        """Apply the child's reports until it ends; ask it to stop once it should."""
         for line in reports:
-            report = orjson.loads(line)
+            try:
+                report = orjson.loads(line)
+            except orjson.JSONDecodeError:  # never from the child's reports, which have a channel of their own
+                log.warning("%s %s: its process wrote %r", self.kind, self.name, line[:200])
+                continue
             self.status, self.error = report["status"], report["error"]
             self.peak_rss_mb = report["peak_rss_mb"]
             if report.get("loaded", True):
                 self._apply(report)
             if self._stopping(stop):
-                with self._control_lock:
-                    if not control.closed:
-                        control.close()
+                self.ask_to_stop()
 
 
 class ProcessSourceTask(_Apart):
@@ -220,8 +263,7 @@ class ProcessPipelineTask(_Apart):
         self.owner = owner
         self.metrics = metrics or METRICS
         self.member: str | None = None
-        #: why this task lost its lease (set by the runtime's lease heartbeat): the child is stopped
-        self.lost: str | None = None
+        self._lost: str | None = None
         #: records read, by this task's children all together (a restarted one reads some again)
         self.records_in = 0
         self._before = 0
@@ -242,12 +284,24 @@ class ProcessPipelineTask(_Apart):
         if value:
             self._send(b"bounded\n")
 
+    @property
+    def lost(self) -> str | None:
+        """Why this task lost its lease (set by the runtime's lease heartbeat): the child is stopped."""
+        return self._lost
+
+    @lost.setter
+    def lost(self, why: str | None) -> None:
+        self._lost = why
+        if why is not None:
+            self._send(b"lost\n")  # it writes nothing more, its sinks included
+            self.ask_to_stop()
+
     def request_end(self) -> None:
         self.end_requested = True
         self._send(b"end\n")
 
     def request_stop(self) -> None:
-        """Nothing to wake: the child is asked to stop at its next report."""
+        self.ask_to_stop()
 
     def _hello(self) -> list[bytes]:
         return [b"bounded\n"] * self._bounded + [b"end\n"] * self.end_requested
@@ -267,8 +321,9 @@ class ProcessPipelineTask(_Apart):
         return stop.is_set() or self.lost is not None
 
     def _terminal(self) -> BaseException:
-        if self.status == "fenced":
-            return FencedError(self.error or f"pipeline {self.name!r} lost its lease")
+        if self.status == "fenced" or self._lost is not None:
+            self.status, self.error = "fenced", self._lost or self.error or f"pipeline {self.name!r} lost its lease"
+            return FencedError(self.error)
         return super()._terminal()
 
     def run(self, stop: threading.Event) -> None:
@@ -277,9 +332,9 @@ class ProcessPipelineTask(_Apart):
         finally:
             with contextlib.suppress(AffluentError):  # the child commits under the lease; it is let go once the child is gone
                 self.log.release_lease(self.name, self.owner)
-        if self.lost is not None:
-            self.status, self.error = "fenced", self.lost
-            raise FencedError(self.lost)
+        if self._lost is not None:
+            self.status, self.error = "fenced", self._lost
+            raise FencedError(self._lost)
 
     def _died(self) -> None:
         self.metrics.inc("affluent_task_errors_total", pipeline=self.name, error="ProcessEnded")
@@ -322,14 +377,18 @@ def main() -> None:
     from affluent.core.log import open_log
     from affluent.core.runtime import PipelineTask, SourceTask, tune_process
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops it: a Ctrl+C must not cut a checkpoint short
+    # the reports have stdout to themselves; what the task prints goes to stderr
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     tune_process()
     (size,) = struct.unpack("<Q", _read_exactly(8))
     path, pickled = pickle.loads(_read_exactly(size))
     sys.path[:] = path
-    out = sys.stdout.buffer
     try:
-        kind, spec, url, options, parent = pickle.loads(pickled)
+        kind, spec, (url, log_options), options, parent = pickle.loads(pickled)
     except Exception as exc:  # a module the parent had and this interpreter cannot import: retrying will not help
         out.write(
             orjson.dumps({"status": "failed", "error": f"its process cannot load it: {type(exc).__name__}: {exc}", "peak_rss_mb": 0, "loaded": False}) + b"\n"
@@ -339,10 +398,15 @@ def main() -> None:
     metrics = Metrics()
     task: SourceTask | PipelineTask
     if kind == "source":
-        task = SourceTask(spec, open_log(url), metrics=metrics, **options)
+        task = SourceTask(spec, open_log(url, **log_options), metrics=metrics, **options)
     else:
-        task = PipelineTask(spec, open_log(url), metrics=metrics, owner=options["owner"], parent_lease=True)
+        task = PipelineTask(spec, open_log(url, **log_options), metrics=metrics, owner=options["owner"], parent_lease=True)
     stop = threading.Event()
+
+    def orphaned() -> None:
+        # as if killed: the parent's successor takes over from the last checkpoint, and nothing
+        # written now could be told from what that successor writes
+        os._exit(3)
 
     def report() -> None:
         fields: dict[str, Any] = {"status": task.status, "error": task.error, "peak_rss_mb": _peak_rss_mb()}
@@ -358,25 +422,35 @@ def main() -> None:
         out.flush()
 
     def control() -> None:
-        # lines from the parent; EOF: the parent closed it, or is gone (raw reads: no lock held at exit)
+        # lines from the parent (raw reads: no lock held at exit); EOF with no "stop": the parent is gone
         buf = b""
         while chunk := os.read(0, 4096):
             buf += chunk
             *lines, buf = buf.split(b"\n")
             for line in lines:
+                if line == b"stop":
+                    stop.set()
+                    if isinstance(task, PipelineTask):
+                        task.request_stop()
+                    return
                 if isinstance(task, PipelineTask) and line == b"bounded":
                     task.bounded = True
                 elif isinstance(task, PipelineTask) and line == b"end":
                     task.request_end()
-        stop.set()
-        if isinstance(task, PipelineTask):
-            task.request_stop()
+                elif isinstance(task, PipelineTask) and line == b"lost":
+                    task.lost = "the process that started this one lost the pipeline's lease"
+        orphaned()
 
     def reporter() -> None:
         while not stop.wait(REPORT_S):
             if os.getppid() != parent:
-                stop.set()
-            report()
+                orphaned()
+            try:
+                report()
+            except BrokenPipeError:
+                orphaned()
+            except Exception as exc:  # a busy disk while asking for the input's end: said at the next report
+                log.warning("could not report: %s", exc)
 
     threading.Thread(target=control, daemon=True).start()
     ticker = threading.Thread(target=reporter, daemon=True)

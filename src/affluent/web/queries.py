@@ -115,7 +115,7 @@ class Queries:
         for st in out.values():
             age = now - st["updated_ms"]
             st["age_ms"] = age
-            if st["status"] in ("created", "running") and age > STALE_MS:
+            if st["status"] in ("created", "running", "restarting") and age > STALE_MS:
                 st["status"] = "gone"
                 st["error"] = st.get("error") or f"no news from pid {st['pid']} on {st['host']} for {age / 1000:.0f} s"
         return out
