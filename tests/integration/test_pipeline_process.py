@@ -157,6 +157,40 @@ def test_a_typed_pipeline_runs_in_a_process_of_its_own(tmp_path: Path) -> None:
     assert [(r.key, r.value["t"]) for r in read_topic(log, "keyed")] == [(f"k{i % 7}", i) for i in range(1_000)]
 
 
+def _writing(lake: Path) -> bool:
+    """A lake file or commit marker is being written (its temporary file exists)."""
+    for folder, _, files in os.walk(lake):
+        if any(f.startswith(".tmp-") for f in files):
+            return True
+    return False
+
+
+def test_a_pipeline_process_killed_inside_lake_flushes_ends_exactly_once(tmp_path: Path) -> None:
+    """SIGKILLed while its lake writes a Parquet file or a commit marker (a temporary file seen on
+    disk), twice: the lake still holds each event once, and every window counts each event once."""
+    n = 40_000
+    write_events(tmp_path / "events.jsonl", n)
+    log = SQLiteLog(tmp_path / "log.db")
+    lake = tmp_path / "lake"
+    rt = Runtime(log, metrics=Metrics()).add(build(tmp_path / "events.jsonl", lake, commit_ms=20))
+    rt.start()
+    (task,) = rt.tasks
+    assert isinstance(task, ProcessPipelineTask)
+    killed: list[int] = []
+    deadline = time.monotonic() + 60
+    while len(killed) < 2:
+        assert time.monotonic() < deadline, f"no lake write seen to kill in ({len(killed)} kills)"
+        pid = task.pid
+        if task.status == "running" and pid not in killed and _writing(lake):
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    rt.run_to_end(timeout_s=90)
+    assert task.restarts == 2
+    assert counts(log) == expected_counts(n)
+    assert lake_times(lake) == [i for i in range(n) if i % BAD_EVERY]
+
+
 def test_a_pipeline_that_fails_in_its_process_ends_the_run_with_its_error(tmp_path: Path) -> None:
     write_events(tmp_path / "events.jsonl", 100)
     p = build(tmp_path / "events.jsonl")
