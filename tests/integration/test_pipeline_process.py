@@ -159,10 +159,7 @@ def test_a_typed_pipeline_runs_in_a_process_of_its_own(tmp_path: Path) -> None:
 
 def _writing(lake: Path) -> bool:
     """A lake file or commit marker is being written (its temporary file exists)."""
-    for folder, _, files in os.walk(lake):
-        if any(f.startswith(".tmp-") for f in files):
-            return True
-    return False
+    return any(f.startswith(".tmp-") for _, _, files in os.walk(lake) for f in files)
 
 
 def test_a_pipeline_process_killed_inside_lake_flushes_ends_exactly_once(tmp_path: Path) -> None:
