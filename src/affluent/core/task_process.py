@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 import orjson
@@ -126,7 +127,7 @@ class _Apart:
     def _stopping(self, stop: threading.Event) -> bool:
         return stop.is_set()
 
-    def ask_to_stop(self) -> None:
+    def request_stop(self) -> None:
         """Ask the running child to stop (its last checkpoint committed); killed if it has not in STOP_S."""
         with self._control_lock:
             control, proc = self._control, self._proc
@@ -161,7 +162,7 @@ class _Apart:
                     proc.stdin.flush()
                     self._control, self._proc = proc.stdin, proc
                 if self._stopping(stop):
-                    self.ask_to_stop()
+                    self.request_stop()
                 self._relay(proc.stdout, stop)
             except OSError:
                 pass  # the child died before it read its task: started again below
@@ -207,7 +208,7 @@ class _Apart:
             if report.get("loaded", True):
                 self._apply(report)
             if self._stopping(stop):
-                self.ask_to_stop()
+                self.request_stop()
 
 
 class ProcessSourceTask(_Apart):
@@ -294,14 +295,11 @@ class ProcessPipelineTask(_Apart):
         self._lost = why
         if why is not None:
             self._send(b"lost\n")  # it writes nothing more, its sinks included
-            self.ask_to_stop()
+            self.request_stop()
 
     def request_end(self) -> None:
         self.end_requested = True
         self._send(b"end\n")
-
-    def request_stop(self) -> None:
-        self.ask_to_stop()
 
     def _hello(self) -> list[bytes]:
         return [b"bounded\n"] * self._bounded + [b"end\n"] * self.end_requested
@@ -371,11 +369,49 @@ def _read_exactly(n: int) -> bytes:
     return b"".join(parts)
 
 
+Fields = Callable[[], dict[str, Any]]
+Commands = dict[bytes, Callable[[], None]]
+
+
+def _source_child(spec: SourceBinding, log_: Log, metrics: Metrics, options: dict[str, Any]) -> tuple[Any, Fields, Commands]:
+    """A source's task, what it reports, and the lines it takes (none: "stop" is enough)."""
+    from affluent.core.runtime import SourceTask
+
+    task = SourceTask(spec, log_, metrics=metrics, **options)
+
+    def fields() -> dict[str, Any]:
+        return {"records_out": task.records_out, "last_event_ms": task.last_event_ms, "polls": task.polls}
+
+    return task, fields, {}
+
+
+def _pipeline_child(spec: Pipeline, log_: Log, metrics: Metrics, options: dict[str, Any]) -> tuple[Any, Fields, Commands]:
+    """A pipeline's task, what it reports, and the lines it takes."""
+    from affluent.core.runtime import PipelineTask
+
+    task = PipelineTask(spec, log_, metrics=metrics, owner=options["owner"], parent_lease=True)
+
+    def fields() -> dict[str, Any]:
+        positions = [[t, p, pos] for (t, p), pos in list(task.positions.items())]
+        counters = [[name, labels, v] for name, kind, labels, v in metrics.samples() if kind == "counter"]
+        # asked after the positions are taken: caught up now and still there, it was caught up at them
+        caught_up = task.caught_up()
+        return {"records_in": task.records_in, "ended": task.ended, "caught_up": caught_up, "positions": positions, "counters": counters}
+
+    def bounded() -> None:
+        task.bounded = True
+
+    def lost() -> None:
+        task.lost = "the process that started this one lost the pipeline's lease"
+
+    return task, fields, {b"bounded": bounded, b"end": task.request_end, b"lost": lost, b"stop": task.request_stop}
+
+
 def main() -> None:
     """The child: run the task given on stdin until it is done, asked to stop, or orphaned."""
     from affluent.core.errors import TerminalError
     from affluent.core.log import open_log
-    from affluent.core.runtime import PipelineTask, SourceTask, tune_process
+    from affluent.core.runtime import tune_process
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops it: a Ctrl+C must not cut a checkpoint short
     # the reports have stdout to themselves; what the task prints goes to stderr
@@ -395,12 +431,8 @@ def main() -> None:
         )
         out.flush()
         return
-    metrics = Metrics()
-    task: SourceTask | PipelineTask
-    if kind == "source":
-        task = SourceTask(spec, open_log(url, **log_options), metrics=metrics, **options)
-    else:
-        task = PipelineTask(spec, open_log(url, **log_options), metrics=metrics, owner=options["owner"], parent_lease=True)
+    make = _source_child if kind == "source" else _pipeline_child
+    task, fields, commands = make(spec, open_log(url, **log_options), Metrics(), options)
     stop = threading.Event()
 
     def orphaned() -> None:
@@ -409,16 +441,7 @@ def main() -> None:
         os._exit(3)
 
     def report() -> None:
-        fields: dict[str, Any] = {"status": task.status, "error": task.error, "peak_rss_mb": _peak_rss_mb()}
-        if isinstance(task, SourceTask):
-            fields.update(records_out=task.records_out, last_event_ms=task.last_event_ms, polls=task.polls)
-        else:
-            positions = [[t, p, pos] for (t, p), pos in list(task.positions.items())]
-            counters = [[name, labels, v] for name, kind_, labels, v in metrics.samples() if kind_ == "counter"]
-            # asked after the positions are taken: caught up now and still there, it was caught up at them
-            caught_up = task.caught_up()
-            fields.update(records_in=task.records_in, ended=task.ended, caught_up=caught_up, positions=positions, counters=counters)
-        out.write(orjson.dumps(fields) + b"\n")
+        out.write(orjson.dumps({"status": task.status, "error": task.error, "peak_rss_mb": _peak_rss_mb(), **fields()}) + b"\n")
         out.flush()
 
     def control() -> None:
@@ -430,15 +453,11 @@ def main() -> None:
             for line in lines:
                 if line == b"stop":
                     stop.set()
-                    if isinstance(task, PipelineTask):
-                        task.request_stop()
+                command = commands.get(line)
+                if command is not None:
+                    command()
+                if stop.is_set():
                     return
-                if isinstance(task, PipelineTask) and line == b"bounded":
-                    task.bounded = True
-                elif isinstance(task, PipelineTask) and line == b"end":
-                    task.request_end()
-                elif isinstance(task, PipelineTask) and line == b"lost":
-                    task.lost = "the process that started this one lost the pipeline's lease"
         orphaned()
 
     def reporter() -> None:
