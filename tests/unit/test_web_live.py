@@ -153,3 +153,19 @@ def test_a_status_from_a_process_that_is_gone_says_so(world: tuple[Queries, Serv
     log._conn().execute("UPDATE statuses SET updated_ms = updated_ms - 60000")
     got = q.pipelines()["stock"]
     assert got["status"] == "gone" and "no news from pid" in got["error"]
+
+
+def test_a_pipeline_whose_process_fell_silent_shows_as_gone(world: tuple[Queries, ServingSink, SQLiteLog]) -> None:
+    """Running, or restarting its own process, with no news for longer than STALE_MS: gone. Stopped stays stopped."""
+    from affluent.web.queries import STALE_MS
+
+    q, _, log = world
+    old = now_ms() - STALE_MS - 1_000
+    with log._write("test") as conn:  # statuses published long ago by a process that died since
+        conn.executemany(
+            "INSERT INTO statuses VALUES (?, 4242, 'elsewhere', ?, ?)",
+            [(name, old, f'{{"status": "{status}", "error": null}}') for name, status in (("a", "running"), ("b", "restarting"), ("c", "stopped"))],
+        )
+    shown = q.pipelines()
+    assert {name: st["status"] for name, st in shown.items()} == {"a": "gone", "b": "gone", "c": "stopped"}
+    assert "no news from pid 4242 on elsewhere" in shown["b"]["error"]
