@@ -119,10 +119,16 @@ def stop_workers(workers: dict[str, subprocess.Popen[str]]) -> list[str]:
     for proc in workers.values():
         proc.send_signal(signal.SIGTERM)
     logs = []
-    for proc in workers.values():
-        _, err = proc.communicate(timeout=60)
-        logs.append(err)
-        assert proc.returncode == 0, err
+    try:
+        for proc in workers.values():
+            _, err = proc.communicate(timeout=60)
+            logs.append(err)
+            assert proc.returncode == 0, err
+    finally:  # a worker that would not stop must not outlive the test (nor be taken for another test's child)
+        for proc in workers.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     return logs
 
 
