@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from affluent.core.errors import LogBusyError, LogUnavailableError
+from affluent.core.errors import LogBusyError, LogUnavailableError, PipelineAlreadyRunningError
 from affluent.core.metrics import Metrics
 from affluent.core.pipeline import Pipeline
 from affluent.core.records import Record
@@ -189,6 +189,26 @@ def test_a_busy_log_is_waited_for_and_nothing_is_lost(tmp_path: Path) -> None:
     assert held_at < 1000
     assert sorted(r.value for r in read_topic(log, "out")) == list(range(1000))
     assert metrics.get("affluent_source_errors_total", kind="transient") >= 1  # it was busy, and retried
+
+
+def test_a_second_start_is_refused_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:
+    """The CI case: the running process's writers kept the write lock; the second start timed out on it
+    instead of saying the pipelines were already running. Opening a log and refusing need no write lock."""
+    first = SQLiteLog(tmp_path / "log.db")
+    first.acquire_leases(["copy"], "first")
+    holder = sqlite3.connect(tmp_path / "log.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        second = SQLiteLog(tmp_path / "log.db", busy_timeout_s=0.2)
+        with pytest.raises(PipelineAlreadyRunningError, match=f"pid {os.getpid()}"):
+            second.acquire_leases(["other", "copy"], "second")
+        with pytest.raises(LogBusyError):  # a free pipeline is claimed under the write lock
+            second.acquire_leases(["other"], "second")
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    second.acquire_leases(["other"], "second")
+    assert first.list_topics() == [] and second.list_topics() == []
 
 
 def records_in(log: SQLiteLog, topic: str) -> int:

@@ -152,3 +152,18 @@ def test_a_log_of_schema_version_2_is_upgraded_and_takes_batches_of_lines(tmp_pa
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (SCHEMA_VERSION,)
     conn.close()
+
+
+def test_a_log_of_this_version_without_the_tables_added_since_gets_them_when_opened(tmp_path: Path) -> None:
+    """Tables came after schema version 3 without a new version (workers, statuses): opening adds them."""
+    SQLiteLog(tmp_path / "log.db").close()
+    conn = sqlite3.connect(tmp_path / "log.db")
+    conn.executescript("DROP TABLE statuses; DROP TABLE members; DROP TABLE owners;")
+    conn.close()
+    log = SQLiteLog(tmp_path / "log.db")
+    try:
+        log.put_statuses({"p": {"status": "running"}})
+        assert log.statuses()["p"]["status"] == "running"
+        assert log.group_members("g") == {}
+    finally:
+        log.close()

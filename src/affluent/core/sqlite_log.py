@@ -20,6 +20,7 @@ import errno
 import itertools
 import logging
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -119,6 +120,8 @@ CREATE TABLE IF NOT EXISTS statuses (
     name TEXT PRIMARY KEY, pid INTEGER NOT NULL, host TEXT NOT NULL, updated_ms INTEGER NOT NULL, status TEXT NOT NULL);
 """
 
+_SCHEMA_NAMES = frozenset(re.findall(r"IF NOT EXISTS (\w+)", _SCHEMA))
+
 
 class SQLiteLog(Log):
     """The embedded log backend (`sqlite:///path`)."""
@@ -139,9 +142,11 @@ class SQLiteLog(Log):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._errors("opening"):
             conn = self._conn()
-            conn.executescript(_SCHEMA)
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-            (version,) = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = self._schema_version(conn)
+            if version is None or not self._has_schema(conn):  # a new log, or an older one: the write lock is taken
+                conn.executescript(_SCHEMA)
+                conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+                version = self._schema_version(conn)
         if version in ("1", "2"):
             version = self._upgrade(version)
         if version != SCHEMA_VERSION:
@@ -149,6 +154,22 @@ class SQLiteLog(Log):
                 f"{self.path}: log schema version {version}, this affluent reads {SCHEMA_VERSION} (and 1, 2): "
                 "a newer affluent wrote it; upgrade with `pip install -U affluent`"
             )
+
+    @staticmethod
+    def _has_schema(conn: sqlite3.Connection) -> bool:
+        """Whether every table and index of the schema is there (tables were added without a new version)."""
+        names = conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')").fetchall()
+        return {n for (n,) in names} >= _SCHEMA_NAMES
+
+    @staticmethod
+    def _schema_version(conn: sqlite3.Connection) -> str | None:
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None
+            raise
+        return None if row is None else str(row[0])
 
     def _upgrade(self, old: str) -> str:
         """Stored batches stay as they are and read as before. Version 1 kept them inside SQLite; new ones
@@ -566,18 +587,25 @@ class SQLiteLog(Log):
     def acquire_leases(self, names: Sequence[str], owner: str, *, takeover_after_s: float = 10.0) -> None:
         host = socket.gethostname()
         now = now_ms()
+        # a refusal needs no write lock: another process's busy writers cannot make it wait
+        with self._errors(f"claiming pipelines {', '.join(names)} in"):
+            self._refuse_if_held(self._conn(), names, owner, host, now, takeover_after_s)
         with self._write(f"claiming pipelines {', '.join(names)} in") as conn:
-            for name in names:
-                row = conn.execute("SELECT owner, pid, host, heartbeat_ms FROM leases WHERE name=?", (name,)).fetchone()
-                if row is not None and row[0] != owner:
-                    _, pid, other_host, beat = row
-                    dead = other_host == host and not pid_alive(pid)
-                    stale = now - beat > takeover_after_s * 1000
-                    if not (dead or stale):
-                        raise PipelineAlreadyRunningError(
-                            f"pipeline {name!r} is already running (pid {pid} on {other_host}, last seen {(now - beat) / 1000:.1f} s ago); stop it first"
-                        )
+            self._refuse_if_held(conn, names, owner, host, now, takeover_after_s)  # claimed meanwhile
             conn.executemany("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)", [(n, owner, os.getpid(), host, now) for n in names])
+
+    @staticmethod
+    def _refuse_if_held(conn: sqlite3.Connection, names: Sequence[str], owner: str, host: str, now: int, takeover_after_s: float) -> None:
+        for name in names:
+            row = conn.execute("SELECT owner, pid, host, heartbeat_ms FROM leases WHERE name=?", (name,)).fetchone()
+            if row is not None and row[0] != owner:
+                _, pid, other_host, beat = row
+                dead = other_host == host and not pid_alive(pid)
+                stale = now - beat > takeover_after_s * 1000
+                if not (dead or stale):
+                    raise PipelineAlreadyRunningError(
+                        f"pipeline {name!r} is already running (pid {pid} on {other_host}, last seen {(now - beat) / 1000:.1f} s ago); stop it first"
+                    )
 
     def check_lease(self, name: str, owner: str) -> None:
         with self._write(f"checking the lease of pipeline {name!r} in") as conn:
