@@ -213,12 +213,16 @@ class SQLiteLog(Log):
 
     @contextlib.contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
+        started = time.monotonic()
         try:
             yield
         except sqlite3.DatabaseError as exc:
             msg = str(exc)
             where = f"{doing} the log {self.path}"
             if "locked" in msg or "busy" in msg:
+                waited = time.monotonic() - started
+                if waited < self._busy_timeout_s:  # SQLite gave up without waiting (a lock it does not wait for)
+                    raise LogBusyError(f"{where}: the log was locked by another process ({msg}, after {waited:.2f} s)") from exc
                 raise LogBusyError(f"{where}: another process held the write lock for over {self._busy_timeout_s:g} s") from exc
             if "full" in msg:
                 self.close()  # a fresh connection after the fault: SQLite may keep a failed one in a bad state
