@@ -70,17 +70,30 @@ def test_a_fenced_task_discards_its_lake_rows(log: SQLiteLog, tmp_path: Path) ->
     assert lake_rows(tmp_path / "lake", "rows") == []
 
 
-def test_a_lake_flush_never_writes_rows_already_committed_by_another_writer(tmp_path: Path) -> None:
-    old, new = ParquetLakeSink(tmp_path, "d"), ParquetLakeSink(tmp_path, "d")
+@pytest.mark.parametrize("by", ["records", "batches"])
+def test_a_lake_flush_never_writes_rows_already_committed_by_another_writer(tmp_path: Path, by: str) -> None:
+    columns = {"columns_of": lambda vs, ts: {"i": [v["i"] for v in vs]}} if by == "batches" else {}
+    old, new = ParquetLakeSink(tmp_path, "d", **columns), ParquetLakeSink(tmp_path, "d", **columns)  # type: ignore[arg-type]
     old.open()
     new.open()
     records = [Record(value={"i": i}, timestamp_ms=1_773_136_800_000, topic="t", partition=0, offset=i) for i in range(10)]
-    old.write(records[:6])  # buffered by a process that is about to lose its lease
-    new.write(records)
+
+    def write(sink: ParquetLakeSink, rs: list[Record]) -> None:
+        if by == "records":
+            sink.write(rs)
+        else:
+            sink.write_batch(Batch([None] * len(rs), [r.value for r in rs], [r.timestamp_ms for r in rs], [r.offset for r in rs]), "t", 0)
+
+    write(old, records[:6])  # buffered by a process that is about to lose its lease
+    write(new, records[:8])
     new.flush()
-    old.write(records[6:])
+    write(old, records[6:])
     old.flush()
     assert sorted(r["i"] for r in lake_rows(tmp_path, "d")) == list(range(10))
+    write(new, records[8:])  # what the other writer committed since is read before a flush
+    new.flush()
+    assert sorted(r["i"] for r in lake_rows(tmp_path, "d")) == list(range(10))
+    assert old.offsets == new.offsets == {"t:0": 9}
 
 
 def test_a_lake_takes_whole_batches_as_columns_as_it_takes_records(tmp_path: Path) -> None:

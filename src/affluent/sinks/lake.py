@@ -23,7 +23,8 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -162,8 +163,9 @@ class ParquetLakeSink(Sink):
         self.tz = ZoneInfo(tz)
         self.seq = 0
         self.offsets: dict[str, int] = {}
-        #: per date/hour: (rows, their 'topic:partition', their offsets), so that a flush can drop rows already in the lake
-        self._buffer: dict[tuple[str, str], list[tuple[pa.Table, list[str], list[int]]]] = {}
+        #: per date/hour: (rows, their 'topic:partition' (one for all of them, or one each), their offsets),
+        #: so that a flush can drop rows already in the lake
+        self._buffer: dict[tuple[str, str], list[tuple[pa.Table, str | list[str], Sequence[int]]]] = {}
         self._warned = False
         #: files of a flush that failed half-way, to delete before the next one reuses its sequence number
         self._orphans: list[Path] = []
@@ -232,7 +234,7 @@ class ParquetLakeSink(Sink):
         first = self._partition_of(min(times))
         # a date/hour folder holds one span of time: rows between two of its times are in it too
         parts = [first] * len(times) if first == self._partition_of(max(times)) else [self._partition_of(t) for t in times]
-        self._add(self._table(pa.Table.from_pydict, self.columns_of(values, times)), parts, [tp] * len(values), list(offsets))
+        self._add(self._table(pa.Table.from_pydict, self.columns_of(values, times)), parts, tp, offsets)
 
     def _in_lake(self, tp: str, offset: int) -> bool:
         """The record at `offset` of topic partition `tp` is in the lake already (replayed after a crash)."""
@@ -263,7 +265,7 @@ class ParquetLakeSink(Sink):
             self.schema = table.schema  # the first rows fix the columns; later rows must fit them
         return table
 
-    def _add(self, table: pa.Table, parts: list[tuple[str, str]], tps: list[str], offsets: list[int]) -> None:
+    def _add(self, table: pa.Table, parts: list[tuple[str, str]], tps: str | list[str], offsets: Sequence[int]) -> None:
         """Buffer the rows of `table` by date and hour, with where each came from."""
         if parts and parts.count(parts[0]) == len(parts):  # one date and hour, nearly every batch
             self._buffer.setdefault(parts[0], []).append((table, tps, offsets))
@@ -272,7 +274,7 @@ class ParquetLakeSink(Sink):
         for i, part in enumerate(parts):
             groups.setdefault(part, []).append(i)
         for part, idx in groups.items():
-            self._buffer.setdefault(part, []).append((table.take(idx), [tps[i] for i in idx], [offsets[i] for i in idx]))
+            self._buffer.setdefault(part, []).append((table.take(idx), tps if type(tps) is str else [tps[i] for i in idx], [offsets[i] for i in idx]))
 
     def discard(self) -> None:
         self._buffer.clear()
@@ -297,8 +299,13 @@ class ParquetLakeSink(Sink):
                 for (date, hour), parts in sorted(self._buffer.items()):
                     kept: list[pa.Table] = []
                     for table, tps, offs in parts:
-                        keep = [o < 0 or o > committed.get(tp, -1) for tp, o in zip(tps, offs, strict=True)]
-                        for tp, o, new in zip(tps, offs, keep, strict=True):
+                        if type(tps) is str and min(offs) > committed.get(tps, -1):  # one topic partition, none in the lake yet
+                            offsets[tps] = max(offsets.get(tps, -1), max(offs))
+                            kept.append(table)
+                            continue
+                        each = [tps] * len(offs) if type(tps) is str else tps
+                        keep = [o < 0 or o > committed.get(tp, -1) for tp, o in zip(each, offs, strict=True)]
+                        for tp, o, new in zip(each, offs, keep, strict=True):
                             if new and o > offsets.get(tp, -1):
                                 offsets[tp] = o
                         kept.append(table if all(keep) else table.filter(pa.array(keep)))
@@ -378,7 +385,6 @@ def _compact_dataset(ds: Path, stats: dict[str, int]) -> None:
 
 
 # -- checking the lake -----------------------------------------------------------------------------------------
-from dataclasses import dataclass  # noqa: E402  (kept with the checks, which were appended to this module)
 
 _DATE_DIR = re.compile(r"^date=\d{4}-\d{2}-\d{2}$")
 _HOUR_DIR = re.compile(r"^hour=([01]\d|2[0-3])$")
