@@ -489,13 +489,10 @@ def _decode_lines(lines: bytes, decoder: ValueDecoder | None) -> tuple[list[Any]
 
 def raw_values(blob: bytes) -> list[bytes]:
     """The stored bytes of each value, undecoded."""
-    _, flags, count, _, keys_len, headers_len = _HEADER.unpack_from(blob)
-    if flags & FLAG_LINES:
-        return blob[_HEADER.size + 8 * count + keys_len + headers_len :].split(b"\n")[:-1]
-    body = memoryview(blob)[_HEADER.size :]
-    lengths = array("I")
-    lengths.frombytes(body[8 * count : 12 * count])
-    return _split(body[12 * count + keys_len + headers_len :], lengths)
+    b = _open_blob(blob, "a stored batch", verify=True)
+    if b.flags & FLAG_LINES:
+        return b.blob[b.start :].split(b"\n")[:-1]
+    return _split(b.values, b.lengths)
 
 
 def _split(values_blob: memoryview | bytes, lengths: array[int]) -> list[bytes]:
