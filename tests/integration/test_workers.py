@@ -88,7 +88,7 @@ def _kill_and_compare(tmp_path: Path, url: str, *, kills_wanted: int, limit_s: f
         for kill in range(1, kills_wanted + 1):
             time.sleep(rnd.uniform(0.3, 1.0))
             name = rnd.choice(sorted(workers))
-            logs.append(kill_worker(workers, name))
+            logs.append(kill_worker(workers, name, url, "ww"))
             kills += 1
             workers[f"w{3 + kill}"] = _worker(url, f"w{3 + kill}")  # a new worker joins
         appended = _appended(url)

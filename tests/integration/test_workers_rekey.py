@@ -74,7 +74,7 @@ def _run(tmp_path: Path, url: str, *, kills: int) -> None:
         for kill in range(1, kills + 1):
             time.sleep(rnd.uniform(0.3, 1.0))
             name = rnd.choice(sorted(workers))
-            logs.append(kill_worker(workers, name))
+            logs.append(kill_worker(workers, name, url, "rk"))
             workers[f"w{2 + kill}"] = _worker(url, f"w{2 + kill}")
         while sum(_windows(url).values()) < sum(want.values()) or sum(_counts(url).values()) < sum(_counts(ref).values()):
             assert time.monotonic() - started < 300, f"{sum(_windows(url).values())} of {sum(want.values())} windows"
