@@ -22,7 +22,8 @@ start to its last window written; its peak RSS is its own:
 - Bytewax (a peer), when `--bytewax-python` names a Python with bytewax installed: the same query,
   reading the same file, windows closed by its event clock.
 
-Every side's windows must equal the plain loop's. `--scale` runs plain and affluent (typed) at 100K,
+Every side reads affluent from compiled bytecode, as after an install (`compiled.py`). Every side's
+windows must equal the plain loop's. `--scale` runs plain and affluent (typed) at 100K,
 1M and 10M events and prints the cost per event and the peak RSS of each.
 """
 
@@ -46,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import orjson
+from compiled import side_env
 
 if TYPE_CHECKING:
     from affluent import JsonLinesSource, Pipeline
@@ -315,11 +317,11 @@ def run_bytewax(path: Path, ads: dict[str, str]) -> Counts:
     return result
 
 
-def run_side(kind: str, path: Path, ads_path: Path, python: str, folder: Path, timeline: bool = False) -> tuple[float, float, Counts]:
+def run_side(kind: str, path: Path, ads_path: Path, python: str, folder: Path, env: dict[str, str], timeline: bool = False) -> tuple[float, float, Counts]:
     out = folder / f"{kind}.json"
     os.sync()  # no side waits for the disk to write back what the one before it wrote
     extra = ["--timeline"] if timeline and kind in ("typed", "dicts") else []
-    subprocess.run([python, __file__, "--side", kind, "--file", str(path), "--ads", str(ads_path), "--out", str(out), *extra], check=True)
+    subprocess.run([python, __file__, "--side", kind, "--file", str(path), "--ads", str(ads_path), "--out", str(out), *extra], check=True, env=env)
     r = orjson.loads(out.read_bytes())
     return r["seconds"], r["rss_mb"], {(c, s): n for c, s, n in r["counts"]}
 
@@ -334,11 +336,12 @@ def measure(n: int, args: argparse.Namespace, kinds: list[str]) -> dict[str, tup
         t0 = time.perf_counter()
         write_events(path, n, ads, args.seed)
         print(f"wrote {n:,} events ({path.stat().st_size / 1e6:,.0f} MB) in {time.perf_counter() - t0:.1f} s", flush=True)
+        env = side_env(folder)
         best: dict[str, tuple[float, float, Counts]] = {}
         for _ in range(args.repeat):
             for kind in kinds:
                 python = args.bytewax_python if kind == "bytewax" else sys.executable
-                got = run_side(kind, path, ads_path, python, folder, args.timeline)
+                got = run_side(kind, path, ads_path, python, folder, env, args.timeline)
                 if kind not in best or got[0] < best[kind][0]:
                     best[kind] = got
         return best
