@@ -235,6 +235,8 @@ class PipelineTask:
         #: set by `Runtime.run_to_end`: the input is bounded, so the task commits as soon as it has read all of it
         self.bounded = False
         self._wake = threading.Event()  # set to end a wait between polls early
+        #: set once it has read all it had (or ended): a runtime waiting for the end of the input asks again
+        self.progress: threading.Event | None = None
         self._sinks_open = False
         self.ended = False
 
@@ -636,6 +638,8 @@ class PipelineTask:
                 if until is not None and until(self):
                     break
                 if n == 0:
+                    if self.progress is not None:
+                        self.progress.set()
                     self._wake.wait(p.poll_interval_ms / 1000)
                     self._wake.clear()
             if stop.is_set():
@@ -700,6 +704,8 @@ class SourceTask:
         self.last_event_ms: int | None = None
         self.polls = 0
         self.max_backoff_s = max_backoff_s
+        #: set once it is done: a runtime waiting for the end of the input asks again
+        self.progress: threading.Event | None = None
 
     def open(self) -> None:
         b = self.binding
@@ -847,6 +853,8 @@ class SourceTask:
                     log.error("source %s failed a poll: %s; retrying in %.1f s", src.name, self.error, wait_s)
                 if done:
                     self.status = "done"
+                    if self.progress is not None:
+                        self.progress.set()
                     return
                 stop.wait(wait_s)
             self.status = "stopped"
@@ -919,6 +927,8 @@ class Runtime:
         self.tasks: list[PipelineTask | ProcessPipelineTask] = []
         self.source_tasks: list[SourceTask | ProcessSourceTask] = []
         self.stop_event = threading.Event()
+        #: set by a task when what `drained` asks may have changed (a pipeline read all it had, a source is done)
+        self._progress = threading.Event()
         #: set first when stopping: sources end before their pipelines release the leases they append under
         self.sources_stop = threading.Event()
         self.threads: list[threading.Thread] = []
@@ -976,17 +986,21 @@ class Runtime:
             ahead = None if b.source.simulated_clock else p.max_event_ahead_ms
             kind = ProcessSourceTask if self._own_process(b) else SourceTask
             st = kind(b, self.log, metrics=self.metrics, dlq_topic=p.dlq_topic, lease=(lease, owner), max_event_ahead_ms=ahead, pipeline=p.name)
+            st.progress = self._progress
             self.source_tasks.append(st)
             self._source_threads.append(self._spawn(f"source-{b.source.name}", self._yielding(p, lease, st.run), self.sources_stop))
 
     def _pipeline_task(self, p: Pipeline, owner: str) -> PipelineTask | ProcessPipelineTask:
         """The pipeline's task: in a process of its own when it asks for one and can be sent there."""
-        if p.own_process:
-            reason = can_run_apart(p, self.log)
-            if reason is None:
-                return ProcessPipelineTask(p, self.log, metrics=self.metrics, owner=owner)
-            log.info("pipeline %s runs in a thread, not a process of its own: %s", p.name, reason)
-        return PipelineTask(p, self.log, metrics=self.metrics, owner=owner)
+        task: PipelineTask | ProcessPipelineTask
+        if p.own_process and (reason := can_run_apart(p, self.log)) is None:
+            task = ProcessPipelineTask(p, self.log, metrics=self.metrics, owner=owner)
+        else:
+            if p.own_process:
+                log.info("pipeline %s runs in a thread, not a process of its own: %s", p.name, reason)
+            task = PipelineTask(p, self.log, metrics=self.metrics, owner=owner)
+        task.progress = self._progress
+        return task
 
     def _own_process(self, b: SourceBinding) -> bool:
         """Whether `b` runs in a process of its own: its source asks for one, and it can be sent there."""
@@ -1028,6 +1042,7 @@ class Runtime:
             reasons = p.single_worker_reasons()
             if p.reads and not reasons:
                 task = PipelineTask(p, self.log, metrics=self.metrics, owner=owner, member=self.worker)
+                task.progress = self._progress
                 self.tasks.append(task)
                 self._spawn(f"pipeline-{p.name}", task.run, self.stop_event)
                 if p.sources:
@@ -1064,6 +1079,7 @@ class Runtime:
             task = None
             if lease == p.name and p.reads:
                 task = PipelineTask(p, self.log, metrics=self.metrics, owner=owner)
+                task.progress = self._progress
                 self.tasks.append(task)
                 self._spawn(f"pipeline-{p.name}", self._yielding(p, lease, task.run), self.stop_event)
             self._leases.append((lease, owner, task))
@@ -1261,14 +1277,16 @@ class Runtime:
             raise self.errors[0]
 
     def _wait(self, done: Callable[[], bool], deadline: float | None) -> None:
-        pause = 0.01
-        while not done():
+        """Until `done()`, asked again when a task says it may be (asking takes the pipelines' interpreter lock)."""
+        while True:
+            self._progress.clear()  # before asking: a task's word from now on ends the wait below
+            if done():
+                return
             if self.errors:
                 raise self.errors[0]
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"the pipelines did not reach the end of their input in time; status: {self.status()}")
-            time.sleep(pause)
-            pause = min(pause * 1.5, 0.1)  # asking takes the pipelines' interpreter lock: less often as it goes on
+            self._progress.wait(0.1)
 
     def _upstream_first(self) -> list[PipelineTask | ProcessPipelineTask]:
         """Tasks ordered so that one writing a topic comes before those reading it (as added, in a cycle)."""
