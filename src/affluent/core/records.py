@@ -391,7 +391,7 @@ def decode_chunks(
 
     A few hundred decoded dicts stay in the CPU cache and in memory the allocator reuses; a whole
     8,192-record batch of them does not (512 by default). A decoder's Structs are a few fields each:
-    it decodes `decoder.chunk` at a time.
+    it decodes up to `decoder.chunk` at a time.
     """
     if chunk is None:
         chunk = 512 if decoder is None else decoder.chunk
@@ -440,12 +440,13 @@ def _decode_section(section: memoryview | bytes, lengths: array[int], decoder: V
 
 
 def _line_chunks(b: _Blob, topic: str, partition: int, base_offset: int, first: int, chunk: int, decoder: ValueDecoder | None) -> Iterator[RecordBatch]:
-    """The lines of `b` from line `first` on, about `chunk` at a time (cut by size: where a line ends is found, not stored)."""
+    """The lines of `b` from line `first` on, in equal parts of at most about `chunk` lines (cut by size:
+    where a line ends is found, not stored), so that no small last part is left over."""
     blob, end = b.blob, len(b.blob)
     pos = b.start
     for _ in range(first):
         pos = blob.index(b"\n", pos) + 1
-    step = max(1, (end - b.start) * chunk // b.count)
+    step = max(1, (end - pos) // max(1, -(-(b.count - first) // chunk)))
     i = first
     while pos < end:
         cut = blob.index(b"\n", min(pos + step, end) - 1) + 1
@@ -533,9 +534,10 @@ class ValueDecoder:
     dicts, and a value of the wrong shape becomes a dead letter that says which field is wrong.
     """
 
-    #: records decoded at a time (`decode_chunks`): as many as a pipeline processes at once, so that
-    #: its chunks need no merging, and still in the CPU cache
-    chunk = 2048
+    #: records decoded at a time, at most (`decode_chunks`): a stored batch of lines is cut in equal
+    #: parts of about 2,048 to 4,096 (or kept whole when smaller), about as many as the 2,000 records a
+    #: pipeline processes at once (`runtime.PROCESS_RECORDS`) or more, so that it need not merge them
+    chunk = 4096
 
     def __init__(self, schema: Any) -> None:
         self.schema = schema
