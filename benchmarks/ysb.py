@@ -22,8 +22,8 @@ start to its last window written; its peak RSS is its own:
 - Bytewax (a peer), when `--bytewax-python` names a Python with bytewax installed: the same query,
   reading the same file, windows closed by its event clock.
 
-Every side reads affluent from compiled bytecode, as after an install (`compiled.py`). Every side's
-windows must equal the plain loop's. `--scale` runs plain and affluent (typed) at 100K,
+Every side runs with Python's bytecode cache on, affluent compiled first, as after an install
+(`compiled.py`). Every side's windows must equal the plain loop's. `--scale` runs plain and affluent (typed) at 100K,
 1M and 10M events and prints the cost per event and the peak RSS of each.
 """
 
@@ -336,7 +336,7 @@ def measure(n: int, args: argparse.Namespace, kinds: list[str]) -> dict[str, tup
         t0 = time.perf_counter()
         write_events(path, n, ads, args.seed)
         print(f"wrote {n:,} events ({path.stat().st_size / 1e6:,.0f} MB) in {time.perf_counter() - t0:.1f} s", flush=True)
-        env = side_env(folder)
+        env = side_env()
         best: dict[str, tuple[float, float, Counts]] = {}
         for _ in range(args.repeat):
             for kind in kinds:

@@ -108,7 +108,7 @@ def instructions(row: str, folder: Path, typed: bool, env: dict[str, str], once:
     cmd = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"]
     cmd += [sys.executable, __file__, "--folder", str(folder), "--row", row]
     cmd += ([] if typed else ["--schemaless"]) + (["--once"] if once else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**env, "PYTHONHASHSEED": "0"})  # the same dict layouts each run
     found = re.search(r"I\s+refs:\s+([\d,]+)", out.stderr)
     if found is None:
         raise SystemExit(f"no instruction count from valgrind:\n{out.stderr[-2000:]}")
@@ -135,7 +135,7 @@ def main() -> int:
 
     folder = Path(tempfile.mkdtemp(prefix="affluent-ysb-cost-"))
     try:
-        env = side_env(folder)
+        env = side_env()
         ads = ysb.make_campaigns(args.seed)
         (folder / "ads.json").write_bytes(orjson.dumps(ads))
         ysb.write_events(folder / "events.jsonl", args.events, ads, args.seed)
@@ -144,7 +144,7 @@ def main() -> int:
         p.source(JsonLinesSource(folder / "events.jsonl"), topic="ad-events")
         Runtime(log).add(p).run_to_end()
         log.close()
-        # once unmeasured, so that this script's own bytecode is cached before the first row
+        # once unmeasured, so that the modules it imports are compiled and cached before the first row
         subprocess.run([sys.executable, __file__, "--folder", str(folder), "--row", "plain"], env=env, check=True)
         print(f"{args.events:,} events, {'typed (msgspec Struct)' if typed else 'schemaless (dicts)'}; instructions per event, under valgrind")
         plain = 0.0
