@@ -120,7 +120,12 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 def fill(disk: Path) -> Path:
     filler = disk / "filler"
-    with open(filler, "wb") as f:
+    try:
+        f = open(filler, "wb")  # noqa: SIM115 - closed below
+    except OSError as exc:  # seen once, under load: say what filled the disk first
+        biggest = sorted((p.stat().st_size, str(p.relative_to(disk))) for p in disk.rglob("*") if p.is_file())[-8:]
+        raise AssertionError(f"the disk was full before the test filled it; its biggest files: {biggest}") from exc
+    with f:
         try:
             while True:
                 f.write(b"\0" * (1 << 20))
