@@ -235,7 +235,7 @@ class PipelineTask:
         #: set by `Runtime.run_to_end`: the input is bounded, so the task commits as soon as it has read all of it
         self.bounded = False
         self._wake = threading.Event()  # set to end a wait between polls early
-        #: set once it has read all it had (or ended): a runtime waiting for the end of the input asks again
+        #: set at each poll that read nothing (so after it ended too): a runtime waiting for the end of the input asks again
         self.progress: threading.Event | None = None
         self._sinks_open = False
         self.ended = False
@@ -455,10 +455,16 @@ class PipelineTask:
             ctx.topic, ctx.partition = topic, part
             before = pos
             read_here = 0
+            limit = budget
+            if self._multi_partition:
+                # no further than the ends the backlog was taken at: records a source committed since, to
+                # this partition and others, are read at the next poll, with those others in its backlog
+                # (read now, they would move a window's watermark past the others' records)
+                limit = min(budget, ends.get((topic, part), pos) - pos)
             # small stored batches (a source's polls) are processed together: per-batch costs are paid once
             pending: list[Batch] = []
             pending_n = 0
-            for rb in self.log.iter_batches(topic, part, pos, max_records=budget, decoder=root.decoder):
+            for rb in self.log.iter_batches(topic, part, pos, max_records=limit, decoder=root.decoder) if limit > 0 else ():
                 n = len(rb)
                 if not n:  # offsets that hold no record (Kafka's transaction markers)
                     pos = rb.next_offset
@@ -927,7 +933,8 @@ class Runtime:
         self.tasks: list[PipelineTask | ProcessPipelineTask] = []
         self.source_tasks: list[SourceTask | ProcessSourceTask] = []
         self.stop_event = threading.Event()
-        #: set by a task when what `drained` asks may have changed (a pipeline read all it had, a source is done)
+        #: set when what `drained` asks may have changed: a pipeline read nothing, a source is done, a child
+        #: process reported, a task failed
         self._progress = threading.Event()
         #: set first when stopping: sources end before their pipelines release the leases they append under
         self.sources_stop = threading.Event()
@@ -1182,6 +1189,7 @@ class Runtime:
                 fn(*args)
             except BaseException as exc:
                 self.errors.append(exc)
+                self._progress.set()  # run_to_end raises it now
 
         t = threading.Thread(target=target, name=name, daemon=True)
         t.start()
