@@ -235,8 +235,9 @@ class PipelineTask:
         #: set by `Runtime.run_to_end`: the input is bounded, so the task commits as soon as it has read all of it
         self.bounded = False
         self._wake = threading.Event()  # set to end a wait between polls early
-        #: set at each poll that read nothing (so after it ended too): a runtime waiting for the end of the input asks again
-        self.progress: threading.Event | None = None
+        #: set at each poll that read nothing (so after it ended too): a runtime waiting for the end of the
+        #: input shares its own here, and asks again
+        self.progress = threading.Event()
         self._sinks_open = False
         self.ended = False
 
@@ -644,8 +645,7 @@ class PipelineTask:
                 if until is not None and until(self):
                     break
                 if n == 0:
-                    if self.progress is not None:
-                        self.progress.set()
+                    self.progress.set()
                     self._wake.wait(p.poll_interval_ms / 1000)
                     self._wake.clear()
             if stop.is_set():
@@ -710,8 +710,8 @@ class SourceTask:
         self.last_event_ms: int | None = None
         self.polls = 0
         self.max_backoff_s = max_backoff_s
-        #: set once it is done: a runtime waiting for the end of the input asks again
-        self.progress: threading.Event | None = None
+        #: set once it is done: a runtime waiting for the end of the input shares its own here, and asks again
+        self.progress = threading.Event()
 
     def open(self) -> None:
         b = self.binding
@@ -859,8 +859,7 @@ class SourceTask:
                     log.error("source %s failed a poll: %s; retrying in %.1f s", src.name, self.error, wait_s)
                 if done:
                     self.status = "done"
-                    if self.progress is not None:
-                        self.progress.set()
+                    self.progress.set()
                     return
                 stop.wait(wait_s)
             self.status = "stopped"
@@ -979,6 +978,7 @@ class Runtime:
             task = None
             if p.reads:
                 task = self._pipeline_task(p, owner)
+                task.progress = self._progress
                 self.tasks.append(task)
                 self._spawn(f"pipeline-{p.name}", task.run, self.stop_event)
             self._leases.append((p.name, owner, task))
@@ -999,15 +999,12 @@ class Runtime:
 
     def _pipeline_task(self, p: Pipeline, owner: str) -> PipelineTask | ProcessPipelineTask:
         """The pipeline's task: in a process of its own when it asks for one and can be sent there."""
-        task: PipelineTask | ProcessPipelineTask
-        if p.own_process and (reason := can_run_apart(p, self.log)) is None:
-            task = ProcessPipelineTask(p, self.log, metrics=self.metrics, owner=owner)
-        else:
-            if p.own_process:
-                log.info("pipeline %s runs in a thread, not a process of its own: %s", p.name, reason)
-            task = PipelineTask(p, self.log, metrics=self.metrics, owner=owner)
-        task.progress = self._progress
-        return task
+        if p.own_process:
+            reason = can_run_apart(p, self.log)
+            if reason is None:
+                return ProcessPipelineTask(p, self.log, metrics=self.metrics, owner=owner)
+            log.info("pipeline %s runs in a thread, not a process of its own: %s", p.name, reason)
+        return PipelineTask(p, self.log, metrics=self.metrics, owner=owner)
 
     def _own_process(self, b: SourceBinding) -> bool:
         """Whether `b` runs in a process of its own: its source asks for one, and it can be sent there."""

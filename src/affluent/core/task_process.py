@@ -98,8 +98,9 @@ class _Apart:
         self._proc: subprocess.Popen[bytes] | None = None
         self._control: IO[bytes] | None = None
         self._control_lock = threading.Lock()
-        #: set at each of the child's reports: a runtime waiting for the end of the input asks again
-        self.progress: threading.Event | None = None
+        #: set at each of the child's reports: a runtime waiting for the end of the input shares its own
+        #: here, and asks again
+        self.progress = threading.Event()
 
     def _hello(self) -> list[bytes]:
         """Control lines a new child gets right after its task (what it was told before it started)."""
@@ -209,8 +210,7 @@ class _Apart:
             self.peak_rss_mb = report["peak_rss_mb"]
             if report.get("loaded", True):
                 self._apply(report)
-            if self.progress is not None:
-                self.progress.set()
+            self.progress.set()
             if self._stopping(stop):
                 self.request_stop()
 
