@@ -173,3 +173,38 @@ def test_sigterm_stops_like_ctrl_c(tmp_path: Path) -> None:
         assert {n: s["status"] for n, s in log.statuses().items()} == {"stock": "stopped", "stock-lake": "stopped"}
     finally:
         log.close()
+
+
+def test_stopping_with_a_browser_tab_open_ends_its_stream_cleanly(tmp_path: Path) -> None:
+    """Ctrl+C with a live-updates stream open: the stream ends, the server exits at once, no traceback."""
+    import signal
+    import threading
+
+    web = Affluent(tmp_path, "web", "--port", "0")
+    ended: list[str] = []
+    try:
+        url = web.wait_for_url()
+
+        def read() -> None:
+            try:
+                with httpx.stream("GET", url + "api/events?channels=apps", timeout=30) as resp:
+                    for _ in resp.iter_bytes():
+                        pass
+                ended.append("ended")
+            except httpx.HTTPError as exc:
+                ended.append(f"cut: {exc!r}")
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        wait_json(url + "api/apps", lambda a: len(a) == 4, what="the apps")
+        time.sleep(0.5)  # the stream is open, its snapshot sent
+        t0 = time.monotonic()
+        web.proc.send_signal(signal.SIGINT)
+        assert web.proc.wait(15) == 0, web.output
+        reader.join(5)
+        took = time.monotonic() - t0
+    finally:
+        web.stop()
+    assert ended == ["ended"], web.output
+    assert "Traceback" not in web.output and "Exception in ASGI application" not in web.output, web.output
+    assert took < 2.0, f"{took:.1f} s: the server waited out its graceful timeout for the open stream"

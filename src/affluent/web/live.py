@@ -178,6 +178,7 @@ class Hub:
         self._ends: dict[str, int] = {}
         self._first = True
         self._poller = ThreadPoolExecutor(1, thread_name_prefix="live-poller")
+        self._closed = False
         self.sent = 0
 
     # -- polling (a worker thread reads; the loop applies and sends) ------------------------------------------
@@ -212,7 +213,7 @@ class Hub:
             self.publish(frame(channel.name, "delta", delta), channel.name)
 
     async def run(self) -> None:
-        while True:
+        while not self._closed:
             try:
                 await self.poll_once()
             except Exception as exc:  # a busy disk: the next poll tries again
@@ -246,6 +247,7 @@ class Hub:
         self.subscribers.discard(sub)
 
     def close(self) -> None:
+        self._closed = True
         for sub in list(self.subscribers):
             with contextlib.suppress(asyncio.QueueFull):
                 sub.queue.put_nowait(None)

@@ -22,6 +22,7 @@ from string import Template
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
+import uvicorn
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -179,12 +180,23 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+class _Server(uvicorn.Server):
+    """Ends the live-update streams as shutdown begins: they never end by themselves, and uvicorn
+    waits for open responses (then cancels them, with a traceback) before the app's own shutdown."""
+
+    def __init__(self, config: uvicorn.Config, hub: Hub) -> None:
+        super().__init__(config)
+        self.hub = hub
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.hub.close()
+        await super().shutdown(sockets)
+
+
 class DashboardServer:
     """The dashboard bound to host:port; `start()` serves it in a thread, `serve()` in the foreground."""
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
-        import uvicorn
-
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -198,7 +210,7 @@ class DashboardServer:
         self.socket = sock
         self.host, self.port = host, sock.getsockname()[1]
         config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2, lifespan="on")
-        self.server = uvicorn.Server(config)
+        self.server = _Server(config, app.state.hub)
         self._thread: threading.Thread | None = None
 
     @property
@@ -207,7 +219,9 @@ class DashboardServer:
         return f"http://{host}:{self.port}/"
 
     def serve(self) -> None:
-        self.server.run(sockets=[self.socket])
+        """Serve until Ctrl+C or SIGTERM (which uvicorn raises again once it has shut down)."""
+        with contextlib.suppress(KeyboardInterrupt):
+            self.server.run(sockets=[self.socket])
 
     def start(self, timeout_s: float = 10.0) -> DashboardServer:
         self._thread = threading.Thread(target=self.serve, name="dashboard", daemon=True)
