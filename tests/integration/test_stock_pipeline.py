@@ -71,7 +71,7 @@ def test_bad_readings_are_dead_lettered_with_reasons_and_good_ones_flow(log: Log
     log.append(READINGS, [Record(value=v) for v in bad[:3]])  # another producer's bad records, before and among good ones
     metrics = Metrics()
     counts = run(log, tmp_path / "lake", good[:2] + bad[3:] + good[2:], metrics=metrics)
-    assert counts[READINGS] == 10
+    assert counts[READINGS] == 7 and log.describe_topic(READINGS).records == 10  # what the run added; all 10 are read
     assert metrics.get("affluent_dead_letters_total", pipeline="stock", step="check-reading") == 6
     assert metrics.get("affluent_dead_letters_total", pipeline="stock-lake") == 0
 
@@ -139,3 +139,22 @@ def test_redelivered_readings_are_dropped_when_the_source_is_at_least_once(log: 
     assert [r.value["reading_id"] for r in read_topic(log, ALERTS)] == ["lyon-2-t-shirt-1", "lyon-2-t-shirt-2"]
     assert [(r.value["status"], r.value.get("missing_quantity")) for r in read_topic(log, RESTOCK)] == [("open", 9), ("closed", None)]
     assert lake_ids(tmp_path / "lake") == sorted(v["reading_id"] for v in rs)
+
+
+def test_a_run_counts_what_it_added_and_a_repeated_period_adds_nothing(log: Log, tmp_path: Path) -> None:
+    """`affluent stock simulate` says what this run made: the same period again makes nothing new."""
+    from affluent.apps.stock.pipeline import pipelines
+    from affluent.config import Settings
+
+    s = Settings(data_dir=tmp_path)
+    s = s.model_copy(
+        update={
+            "stock": s.stock.model_copy(
+                update={"seed": 7, "stores": 1, "period_s": 60.0, "speed": float("inf"), "start": "2025-03-03T08:00", "end": "2025-03-03T09:00"}
+            )
+        }
+    )
+    first = run_to_end(pipelines(s, offline=True), log, timeout_s=60)
+    again = run_to_end(pipelines(s, offline=True), log, timeout_s=60)
+    assert first[READINGS] == 60 * 10 and again == {READINGS: 0, ALERTS: 0, RESTOCK: 0, "stock.dlq": 0}
+    assert log.describe_topic(READINGS).records == first[READINGS]

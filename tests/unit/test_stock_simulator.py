@@ -289,3 +289,11 @@ def test_a_long_period_simulated_at_once_runs_in_a_process_of_its_own() -> None:
     assert SimulatorSource(model, speed=math.inf, start_ms=MONDAY).own_process  # a backfill up to now, of unknown length
     assert not SimulatorSource(model, speed=1.0).own_process
     assert not SimulatorSource(model, speed=600, start_ms=MONDAY, end_ms=MONDAY + day).own_process
+
+
+@pytest.mark.parametrize("stores", [0, -1])
+def test_no_store_is_a_config_error_naming_the_setting(stores: int) -> None:
+    from affluent.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"stock.stores must be at least 1, not {stores}"):
+        simulator_source(StockSettings(seed=1, stores=stores))

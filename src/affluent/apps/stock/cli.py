@@ -208,6 +208,9 @@ def simulate_command(
     except AffluentError as exc:
         _fail(exc)
         return
+    if not counts["stock.readings"]:
+        console.print(f"simulated {start} .. {end}: nothing new, this folder's log holds that period already; see `affluent analyze stock`", highlight=False)
+        return
     console.print(
         f"simulated {start} .. {end}: {counts['stock.readings']:,} readings, {counts['stock.alerts']:,} alerts, "
         f"{counts['stock.restock']:,} restock records, {counts['stock.dlq']:,} dead letters in {time.monotonic() - started:.1f} s; "

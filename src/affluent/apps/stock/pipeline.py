@@ -100,6 +100,8 @@ def simulator_source(cfg: StockSettings, *, name: str = "stock-simulator") -> Si
     """The shelf-sensor simulator configured by `cfg` (seed, stores, period, speed, start, end)."""
     tz = store_tz(cfg)
     seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(1 << 31)
+    if cfg.stores < 1:
+        raise ConfigError(f"stock.stores must be at least 1, not {cfg.stores}")
     if not cfg.period_s > 0:
         raise ConfigError(f"stock.period_s must be positive, not {cfg.period_s}")
     if not cfg.speed > 0:
@@ -224,14 +226,17 @@ def pipelines(settings: Settings, *, offline: bool) -> list[Pipeline]:
 def run_to_end(pipes: list[Pipeline], log_: Log, *, timeout_s: float | None = None, metrics: Metrics | None = None) -> dict[str, int]:
     """Run `pipes` until every source is done and every pipeline has read all of its input, then stop.
 
-    Stopping commits what was read (the lake included). Returns the record count of each stock topic.
-    For bounded runs: a simulated period (`stock.end`), a test.
+    Stopping commits what was read (the lake included). Returns the records each stock topic gained
+    in this run (none when the period was simulated before). For bounded runs: a simulated period
+    (`stock.end`), a test.
     """
+
+    def counts() -> dict[str, int]:
+        return {t: log_.describe_topic(t).records if log_.topic_exists(t) else 0 for t in (READINGS, ALERTS, RESTOCK, "stock.dlq")}
+
+    before = counts()
     rt = Runtime(log_, metrics=metrics or Metrics())
     for p in pipes:
         rt.add(p)
     rt.run_to_end(timeout_s=timeout_s)
-    counts = {}
-    for topic in (READINGS, ALERTS, RESTOCK, "stock.dlq"):
-        counts[topic] = log_.describe_topic(topic).records if log_.topic_exists(topic) else 0
-    return counts
+    return {t: n - before[t] for t, n in counts().items()}
