@@ -142,3 +142,16 @@ def test_affluent_analyze_names_a_damaged_file_in_one_line(lake: Path, tmp_path:
         [line] = out.stderr.splitlines()
         assert line.startswith(f"error: damaged lake file {damaged}: ")
         assert line.endswith("run `affluent lake check` for every problem")
+
+
+def test_affluent_lake_compact_says_what_it_did(tmp_path: Path) -> None:
+    root = tmp_path / "lake"
+    hour0 = [[reading(T0 + m * 60_000, 4) for m in range(0, 30, 5)], [reading(T0 + m * 60_000, 6) for m in range(30, 60, 5)]]
+    write(root, STOCK_READINGS, STOCK_SCHEMA, [*hour0, [reading(T0 + HOUR, 7)]])
+    done = affluent(tmp_path, root, "lake", "compact")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines() == [f"lake {root}: 1 dataset(s), 1 partition(s) compacted, 3 Parquet file(s) before, 2 after"]
+    assert len(parts(root, STOCK_READINGS)) == 2
+    assert affluent(tmp_path, root, "lake", "check").stdout.endswith(
+        ": 1 dataset(s), 2 Parquet file(s), 2 row group(s), 13 rows, 1 commit marker(s) checked: no problem\n"
+    )

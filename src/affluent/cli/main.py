@@ -260,10 +260,17 @@ def lake_compact(
     from affluent.sinks.lake import compact_lake
 
     try:
-        stats = compact_lake(lake_path(settings()), dataset)
+        root = lake_path(settings())
+        stats = compact_lake(root, dataset)
     except AffluentError as exc:
         fail(exc)
-    console.print(stats)
+    console.print(
+        f"lake {root}: {stats['datasets']} dataset(s), {stats['partitions_compacted']:,} partition(s) compacted, "
+        f"{stats['files_before']:,} Parquet file(s) before, {stats['files_after']:,} after",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 @lake_app.command("check")
