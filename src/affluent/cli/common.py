@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Annotated, NoReturn
@@ -17,15 +18,23 @@ from affluent.core.errors import AffluentError, TransientError
 from affluent.core.log import Log, open_log
 from affluent.core.pipeline import Pipeline
 
-console = Console()
-err_console = Console(stderr=True)
+
+def _console(*, stderr: bool = False) -> Console:
+    c = Console(stderr=stderr)
+    if not c.is_terminal and "COLUMNS" not in os.environ:
+        c.width = 160  # to a file or a pipe rich assumes 80 columns, and cuts the status table's names
+    return c
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(name)s: %(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
+        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False, log_time_format="[%Y-%m-%d %H:%M:%S]")],
         force=True,
     )
     for noisy in ("httpx", "httpcore"):

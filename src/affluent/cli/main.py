@@ -187,6 +187,7 @@ def up(
     s = settings()
     offline = offline or s.offline
     pipelines: list[Pipeline] = []
+    banner: list[Text] = []
     for name, mod in available_apps().items():
         try:
             made = mod.pipelines(s, offline=offline)
@@ -197,15 +198,17 @@ def up(
         for p in made:
             for b in p.sources:
                 mode = "live" if b.source.mode == "live" else f"offline ({b.source.mode})"
-                console.print(Text.assemble("app ", (name, "bold"), f": source {b.source.describe()} -> {b.topic} ({mode})"))
+                banner.append(Text.assemble("app ", (name, "bold"), f": source {b.source.describe()} -> {b.topic} ({mode})"))
     if not pipelines:
         fail("no app could be started")
 
     def serve() -> Callable[[], None]:
-        return _dashboard(s, host, port, offline=offline).start().stop
+        for line in banner:  # once the apps are claimed: a second start says only that it is refused
+            console.print(line)
+        return _dashboard(s, host, port, offline=offline).start().stop if web else lambda: None
 
     # one app's failure does not take the others down: it shows in the status table and the exit code
-    run_pipelines(pipelines, duration_s=duration_s, quiet=quiet, fail_fast=False, serve=serve if web else None)
+    run_pipelines(pipelines, duration_s=duration_s, quiet=quiet, fail_fast=False, serve=serve)
 
 
 def _dashboard(s: Settings, host: str | None, port: int | None, *, offline: bool) -> DashboardServer:
