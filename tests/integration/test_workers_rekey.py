@@ -52,6 +52,25 @@ def _counts(url: str) -> Counter[tuple[Any, ...]]:
         log.close()
 
 
+def _sources_pid(url: str) -> int | None:
+    """The pid of the worker running the sources, on Kafka.
+
+    The test broker (tansu) sometimes keeps the input topic's last stable offset pinned at 0 for good
+    after that worker is killed mid-append: seen once in about 15 runs, and re-initialising every
+    transactional id of the pipeline (which aborts an open transaction on Apache Kafka) did not free
+    it. Its read_committed readers then wait for ever. So on Kafka the kills spare that worker; the
+    sources' own kills on Kafka are in test_exactly_once and test_workers.
+    """
+    from affluent.core.kafka_log import LEASES_TOPIC
+
+    log = open_log(url)
+    try:
+        row = log._meta_topic(LEASES_TOPIC).latest().get("rk.sources") or {}  # type: ignore[attr-defined]
+        return row.get("pid")  # type: ignore[no-any-return]
+    finally:
+        log.close()
+
+
 def test_a_rekeyed_window_on_three_workers_killed_and_replaced(tmp_path: Path) -> None:
     _run(tmp_path, f"sqlite:///{tmp_path / 'workers.db'}", kills=3)
 
@@ -73,7 +92,8 @@ def _run(tmp_path: Path, url: str, *, kills: int) -> None:
     try:
         for kill in range(1, kills + 1):
             time.sleep(rnd.uniform(0.3, 1.0))
-            name = rnd.choice(sorted(workers))
+            spared = _sources_pid(url) if url.startswith("kafka://") else None
+            name = rnd.choice(sorted(w for w in workers if workers[w].pid != spared))
             logs.append(kill_worker(workers, name, url, "rk"))
             workers[f"w{2 + kill}"] = _worker(url, f"w{2 + kill}")
         while sum(_windows(url).values()) < sum(want.values()) or sum(_counts(url).values()) < sum(_counts(ref).values()):
