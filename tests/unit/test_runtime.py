@@ -320,3 +320,17 @@ def test_a_refused_second_runtime_does_not_run_the_pipelines_sources(tmp_path: P
     errors = first.errors + second.errors
     assert [type(e) for e in errors] == [PipelineAlreadyRunningError]
     assert sorted(r.value for r in read_topic(first.log, "t")) == list(range(10))
+
+
+def test_run_to_end_ends_with_one_line_counting_the_dead_letters(log: SQLiteLog, caplog: pytest.LogCaptureFixture) -> None:
+    """A bug in the user's step dead-letters every record: the run says so in its last line, not only in a scroll of warnings."""
+    p = Pipeline("bug")
+    p.source(ListSource(list(range(10)), batch_size=4), topic="nums").map(lambda v: v // (v % 3), name="divide").to_topic("out")
+    with caplog.at_level("WARNING", logger="affluent.runtime"):
+        Runtime(log, metrics=Metrics()).add(p).run_to_end(timeout_s=30)
+    assert caplog.records[-1].getMessage() == "pipeline bug: 4 record(s) dead-lettered in this run, each with its error in topic bug.dlq"
+    assert len(read_topic(log, "bug.dlq")) == 4 and sorted(r.value for r in read_topic(log, "out")) == [1, 1, 2, 4, 4, 7]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="affluent.runtime"):
+        Runtime(log, metrics=Metrics()).add(p).run_to_end(timeout_s=30)  # nothing new: nothing to say
+    assert not [r for r in caplog.records if "dead-lettered" in r.getMessage()]

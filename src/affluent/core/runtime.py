@@ -1267,6 +1267,7 @@ class Runtime:
         read them too. Stopping commits the sinks. Raises the first error of a task that died (a
         source's terminal error included), and TimeoutError naming the status when `timeout_s` passes first.
         """
+        dead_before = {p.name: self.metrics.get("affluent_dead_letters_total", pipeline=p.name) for p in self.pipelines}
         self.start()
         for task in self.tasks:
             task.bounded = True
@@ -1280,6 +1281,10 @@ class Runtime:
             self.stop()
         if self.errors:
             raise self.errors[0]
+        for p in self.pipelines:  # one line at the end: the warnings of thousands of bad records scroll away
+            n = int(self.metrics.get("affluent_dead_letters_total", pipeline=p.name) - dead_before[p.name])
+            if n:
+                log.warning("pipeline %s: %s record(s) dead-lettered in this run, each with its error in topic %s", p.name, f"{n:,}", p.dlq_topic)
 
     def _wait(self, done: Callable[[], bool], deadline: float | None) -> None:
         """Until `done()`, asked again when a task says it may be (asking takes the pipelines' interpreter lock)."""
