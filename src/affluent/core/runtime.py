@@ -978,9 +978,7 @@ class Runtime:
             task = None
             if p.reads:
                 task = self._pipeline_task(p, owner)
-                task.progress = self._progress
-                self.tasks.append(task)
-                self._spawn(f"pipeline-{p.name}", task.run, self.stop_event)
+                self._run_task(task, task.run)
             self._leases.append((p.name, owner, task))
         if self._leases and self._heartbeat is None:
             self._publish_statuses()
@@ -996,6 +994,12 @@ class Runtime:
             st.progress = self._progress
             self.source_tasks.append(st)
             self._source_threads.append(self._spawn(f"source-{b.source.name}", self._yielding(p, lease, st.run), self.sources_stop))
+
+    def _run_task(self, task: PipelineTask | ProcessPipelineTask, run: Callable[[threading.Event], None]) -> None:
+        """Run a pipeline's task in a thread of its own; it tells `run_to_end` when it may have read all."""
+        task.progress = self._progress
+        self.tasks.append(task)
+        self._spawn(f"pipeline-{task.pipeline.name}", run, self.stop_event)
 
     def _pipeline_task(self, p: Pipeline, owner: str) -> PipelineTask | ProcessPipelineTask:
         """The pipeline's task: in a process of its own when it asks for one and can be sent there."""
@@ -1046,9 +1050,7 @@ class Runtime:
             reasons = p.single_worker_reasons()
             if p.reads and not reasons:
                 task = PipelineTask(p, self.log, metrics=self.metrics, owner=owner, member=self.worker)
-                task.progress = self._progress
-                self.tasks.append(task)
-                self._spawn(f"pipeline-{p.name}", task.run, self.stop_event)
+                self._run_task(task, task.run)
                 if p.sources:
                     self._unclaimed.append((p, f"{p.name}.sources"))
             else:
@@ -1083,9 +1085,7 @@ class Runtime:
             task = None
             if lease == p.name and p.reads:
                 task = PipelineTask(p, self.log, metrics=self.metrics, owner=owner)
-                task.progress = self._progress
-                self.tasks.append(task)
-                self._spawn(f"pipeline-{p.name}", self._yielding(p, lease, task.run), self.stop_event)
+                self._run_task(task, self._yielding(p, lease, task.run))
             self._leases.append((lease, owner, task))
             log.info("worker %s runs %s", self.worker, f"pipeline {p.name}" if lease == p.name else f"the sources of pipeline {p.name}")
 
